@@ -1,0 +1,167 @@
+"""Estimators of the diagonal of the curvature matrices.
+
+| method               | estimates          | cost per batch                          |
+| -------------------- | ------------------ | --------------------------------------- |
+| `"ggn"`              | diag(GGN), exact   | C per-example backward passes (C outputs) |
+| `"ggn_mc"`           | diag(GGN), unbiased| `samples` per-example backward passes    |
+| `"hutchinson"`       | diag(Hessian), unbiased | `samples` Hessian-vector products   |
+| `"empirical_fisher"` | diag(emp. Fisher), exact | one per-example backward pass      |
+
+Per-example backward passes are `GradientTape.jacobian` over chunks of `chunk_size` examples,
+so memory stays bounded by the chunk, not the batch.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_secondorder.curvature.hessian import _hessian_product
+from keras_secondorder.curvature.objective import Objective, as_batches, batch_size
+from keras_secondorder.curvature.output_losses import rows
+
+_ZERO = tf.UnconnectedGradients.ZERO
+METHODS = ("ggn", "ggn_mc", "hutchinson", "empirical_fisher")
+_ELEMENTWISE_PENALTIES = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
+
+
+def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=False, samples=1,
+             seed=0, chunk_size=64):
+    """Estimates the diagonal of the Gauss-Newton, Hessian or empirical Fisher matrix.
+
+    Args:
+        model: a built Keras model, compiled with a loss unless `loss` is given.
+        data: one batch tuple, or a `tf.data.Dataset` / iterable of batches (averaged, weighted
+            by batch size), as for `CurvatureOperator`.
+        method: one of `"ggn"` (exact), `"ggn_mc"` (Monte-Carlo: labels drawn from the model's
+            predictive distribution), `"hutchinson"` (`E[v * Hv]`, Rademacher `v`; any loss),
+            `"empirical_fisher"`. Defaults to `"ggn"`.
+        loss, variables, training: see `Objective`.
+        samples: Monte-Carlo draws (`"ggn_mc"`) or probes (`"hutchinson"`) per batch; the
+            error falls as `1/sqrt(samples)`. Defaults to `1`.
+        seed: integer seed of the random draws; the same seed gives the same estimate.
+            Defaults to `0`.
+        chunk_size: examples per per-example backward pass, bounding memory. Defaults to `64`.
+
+    Returns:
+        The diagonal, a list of tensors shaped like the variables.
+    """
+    objective = Objective(model, loss=loss, variables=variables, training=training)
+    _check_settings(method, samples, chunk_size)
+    batches = as_batches(data)
+    compiled = tf.function(batch_diagonal)
+    total, count = None, 0
+    for index, batch in enumerate(batches):
+        size = int(batch_size(batch))
+        part = compiled(objective, batch, method, samples=samples,
+                        seed=tf.constant([seed, index], tf.int64), chunk_size=chunk_size)
+        part = [size * p for p in part]
+        total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
+        count += size
+    return [t / count for t in total]
+
+
+def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=64):
+    """The diagonal estimate on one `Batch`; traceable in `tf.function` (see `diagonal`).
+
+    `seed` is a stateless-random seed pair (a shape `(2,)` integer tensor).
+    """
+    _check_settings(method, samples, chunk_size)
+    seed = tf.cast(seed, tf.int64)
+    if method == "hutchinson":
+        return _hutchinson(objective, batch, samples, seed)
+    if method == "ggn":
+        def factors(output_loss, z):
+            return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
+    elif method == "ggn_mc":
+        def factors(output_loss, z):
+            return [output_loss.sample_hessian_sqrt(z, tf.stack([seed[0], seed[1] * samples + s]))
+                    / tf.sqrt(tf.cast(samples, z.dtype)) for s in range(samples)]
+    else:
+        def factors(output_loss, z):
+            return [output_loss.row_gradients(batch.y, z)]
+    return _output_space_diagonal(objective, batch, factors, chunk_size)
+
+
+def _check_settings(method, samples, chunk_size):
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}; received {method!r}.")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"`samples` must be a positive integer; received {samples!r}.")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer; received {chunk_size!r}.")
+
+
+def _output_space_diagonal(objective, batch, factors, chunk_size):
+    # diag(sum_n c_n sum_f J_nᵀ r_nf r_nfᵀ J_n) = sum_n c_n sum_f (J_nᵀ r_nf)² + diag(∇²R), with
+    # output-space factors r_nf of the curvature; J_nᵀ r_nf is the per-example gradient of
+    # r_nfᵀ z_n, computed for a chunk of rows at a time with a vectorized jacobian.
+    params = objective.params()
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(params)
+        y_pred, losses = objective.forward(params, batch.x)
+        output_loss = objective.output_loss(batch, y_pred)
+        z = output_loss.split(y_pred)
+        z_rows = rows(z)
+        fixed = tf.stop_gradient(z_rows)
+        scale = tf.sqrt(output_loss.row_weights(batch.y, fixed, batch.sample_weight))[:, None]
+        num_rows = z_rows.shape[0] or chunk_size  # One chunk when the batch size is unknown.
+        chunks = [
+            tf.reduce_sum(tf.stop_gradient(scale * factor) * z_rows, axis=-1)[start:start + chunk_size]
+            for factor in factors(output_loss, fixed)
+            for start in range(0, num_rows, chunk_size if z_rows.shape[0] else num_rows)
+        ]
+    total = [tf.zeros_like(p) for p in params]
+    for chunk in chunks:
+        per_example = tape.jacobian(chunk, params, unconnected_gradients=_ZERO)
+        total = [t + tf.reduce_sum(tf.square(g), axis=0) for t, g in zip(total, per_example,
+                                                                        strict=True)]
+    del tape
+    penalty = _penalty_diagonal(objective, params, num_losses=len(losses))
+    return total if penalty is None else [t + p for t, p in zip(total, penalty, strict=True)]
+
+
+def _penalty_diagonal(objective, params, num_losses):
+    """diag(∇²R) for elementwise weight penalties (L1, L2, L1L2), whose Hessian is diagonal."""
+    model = objective.model
+    regularized = [v for v in model.trainable_weights if v.regularizer is not None]
+    if num_losses == 0:
+        return None
+    if num_losses != len(regularized) or not all(
+        isinstance(v.regularizer, _ELEMENTWISE_PENALTIES) for v in regularized
+    ):
+        raise ValueError(
+            "The model's losses include terms other than elementwise weight penalties (L1, L2, "
+            "L1L2): activity regularizers, add_loss or other regularizers, whose Hessian is not "
+            "diagonal, so the GGN and Fisher diagonals cannot add it exactly. Use "
+            "method='hutchinson', which estimates the whole Hessian's diagonal."
+        )
+    regularizers = {id(v): v.regularizer for v in regularized}
+    ones = [tf.ones_like(p) for p in params]
+    # A diagonal Hessian applied to the ones vector is its diagonal.
+    with tf.autodiff.ForwardAccumulator(params, ones) as accumulator:
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            penalty = tf.add_n([tf.zeros((), params[0].dtype)] + [
+                tf.cast(regularizers[id(v)](p), p.dtype)
+                for v, p in zip(objective.variables, params, strict=True) if id(v) in regularizers
+            ])
+        grads = tape.gradient(penalty, params, unconnected_gradients=_ZERO)
+    return accumulator.jvp(grads, unconnected_gradients=_ZERO)
+
+
+def _hutchinson(objective, batch, samples, seed):
+    # diag(H) = E[v ⊙ H v] for Rademacher v (entries ±1).
+    params = objective.params()
+
+    def body(index, total):
+        probe_seed = tf.stack([seed[0], seed[1] * samples + tf.cast(index, tf.int64)])
+        probes = []
+        for position, p in enumerate(params):
+            draw = tf.random.stateless_uniform(
+                tf.shape(p), probe_seed + [0, 7919 * (position + 1)], maxval=2, dtype=tf.int32)
+            probes.append(tf.cast(2 * draw - 1, p.dtype))
+        products = _hessian_product(objective, batch, probes)
+        return index + 1, [t + v * hv for t, v, hv in zip(total, probes, products, strict=True)]
+
+    _, total = tf.while_loop(lambda index, _: index < samples, body,
+                             (tf.constant(0), [tf.zeros_like(p) for p in params]))
+    return [t / samples for t in total]

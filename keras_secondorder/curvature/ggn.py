@@ -1,0 +1,53 @@
+"""The generalized Gauss-Newton matrix `G = Jᵀ H_out J + ∇²R` (Schraudolph 2002, Martens 2010)."""
+
+import tensorflow as tf
+
+from keras_secondorder.curvature.objective import as_batch, as_objective
+from keras_secondorder.curvature.operator import CurvatureOperator
+from keras_secondorder.curvature.output_losses import rows
+from keras_secondorder.curvature.output_space import output_space_product
+
+
+def _loss_hessian_product(output_loss, batch, z, jz):
+    # Jv -> c_n H_n (Jv)_n for every row n (H_out is block-diagonal over rows).
+    weights = output_loss.row_weights(batch.y, z, batch.sample_weight)
+    product = output_loss.hessian_product(rows(z), rows(jz))
+    return tf.reshape(weights[:, None] * product, tf.shape(z))
+
+
+def _ggn_product(objective, batch, vector):
+    return output_space_product(objective, batch, vector, _loss_hessian_product)
+
+
+def gauss_newton_vector_product(model, x, y, vector, sample_weight=None, *, loss=None,
+                                variables=None, training=None):
+    """`v -> Jᵀ H_out J v + ∇²R v`: the Gauss-Newton-vector product.
+
+    `J v` comes from forward mode (`tf.autodiff.ForwardAccumulator`), `H_out` is the closed-form
+    output-space Hessian of the loss (see `output_losses`), and `Jᵀ u` from reverse mode
+    (`tape.gradient(..., output_gradients=u)`): about the cost of two gradients.
+
+    Args:
+        model: a built Keras model, or an `Objective`.
+        x, y: the batch.
+        vector: list of tensors shaped like the variables.
+        sample_weight: optional per-example weights.
+        loss, variables, training: see `Objective`.
+
+    Returns:
+        `G v` as a list shaped like the variables.
+
+    Raises:
+        ValueError: the loss has no Gauss-Newton split (lists the supported losses).
+    """
+    objective = as_objective(model, loss, variables, training)
+    return _ggn_product(objective, as_batch((x, y, sample_weight)), vector)
+
+
+class GGNOperator(CurvatureOperator):
+    """The generalized Gauss-Newton matrix as a `tf.linalg.LinearOperator` (symmetric, PSD).
+
+    See `CurvatureOperator` for the arguments.
+    """
+
+    batch_product = staticmethod(_ggn_product)

@@ -1,0 +1,93 @@
+"""The base of the curvature operators: a `tf.linalg.LinearOperator` over flat parameters."""
+
+import functools
+
+import tensorflow as tf
+
+from keras_secondorder.curvature.objective import Objective, as_batches, batch_size
+from keras_secondorder.curvature.vectors import flatten, unflatten
+
+
+class CurvatureOperator(tf.linalg.LinearOperator):
+    """A curvature matrix of the objective, as a linear operator over the flattened parameters.
+
+    The flat parameter vector is the variables' values raveled and concatenated in order
+    (`keras_secondorder.curvature.flatten`). `matvec`, `matmul`, `to_dense()` (small models) and
+    the `tf.linalg` algorithms work on it; `matvec` also takes a list of tensors shaped like the
+    variables and then returns such a list.
+
+    Args:
+        model: a built Keras model, compiled with a loss unless `loss` is given.
+        data: one batch, a tuple `(x, y)` or `(x, y, sample_weight)`; or a `tf.data.Dataset`
+            or another iterable of such batches. With several batches the products are
+            averaged, weighted by batch size: the curvature of the mean objective over all their
+            examples. The data are read once, here, so the operator is one fixed matrix even
+            if the dataset shuffles.
+        loss: see `Objective`. Defaults to `None`: the compiled loss.
+        variables: see `Objective`. Defaults to `None`: all trainable variables.
+        training: see `Objective`. Defaults to `False`: the model as it predicts.
+        jit_compile: compile each batch's product with XLA. Defaults to `False`.
+        name: the operator's name. Defaults to the class name.
+    """
+
+    # (objective, batch, vector) -> product on one batch, a list shaped like the variables.
+    batch_product = None
+
+    def __init__(self, model, data, *, loss=None, variables=None, training=False,
+                 jit_compile=False, name=None):
+        self.objective = Objective(model, loss=loss, variables=variables, training=training)
+        self.batches = as_batches(data)
+        sizes = tf.cast(tf.stack([batch_size(batch) for batch in self.batches]),
+                        self.objective.dtype)
+        self._batch_weights = tf.unstack(sizes / tf.reduce_sum(sizes))
+        self._compiled_product = tf.function(
+            functools.partial(type(self).batch_product, self.objective), jit_compile=jit_compile
+        )
+        self._dimension = self.objective.num_parameters
+        super().__init__(
+            dtype=self.objective.dtype,
+            is_self_adjoint=True,
+            is_square=True,
+            name=name or type(self).__name__,
+        )
+
+    def matvec(self, x, adjoint=False, name="matvec"):
+        """`A x` for a flat vector `x`, or for a list of tensors shaped like the variables."""
+        if isinstance(x, (list, tuple)):
+            return self._list_product(x)
+        return super().matvec(x, adjoint=adjoint, name=name)
+
+    def _list_product(self, vector):
+        vector = self.objective.check_vector(vector)
+        total = None
+        for weight, batch in zip(self._batch_weights, self.batches, strict=True):
+            part = [weight * p for p in self._compiled_product(batch, vector)]
+            total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
+        return total
+
+    def _shape(self):
+        return tf.TensorShape([self._dimension, self._dimension])
+
+    def _shape_tensor(self):
+        return tf.constant([self._dimension, self._dimension], dtype=tf.int32)
+
+    def _matvec(self, x, adjoint=False):
+        del adjoint  # Self-adjoint.
+        if x.shape.rank != 1:
+            raise ValueError(
+                f"{self.name}.matvec takes one flat vector of length {self._dimension}; received "
+                f"shape {x.shape}. Use matmul for several vectors as columns."
+            )
+        return flatten(self._list_product(unflatten(x, self.objective.shapes)))
+
+    def _matmul(self, x, adjoint=False, adjoint_arg=False):
+        del adjoint  # Self-adjoint.
+        if adjoint_arg:
+            x = tf.linalg.adjoint(x)
+        if x.shape.rank != 2:
+            raise ValueError(
+                f"{self.name}.matmul takes a matrix of shape ({self._dimension}, k); received "
+                f"shape {x.shape}."
+            )
+        columns = tf.map_fn(self._matvec, tf.transpose(x))
+        return tf.transpose(columns)

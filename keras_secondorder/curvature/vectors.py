@@ -1,0 +1,43 @@
+"""Conversions between lists of tensors shaped like variables and flat parameter vectors."""
+
+import tensorflow as tf
+
+
+def flatten(tensors):
+    """Concatenates a list of tensors into one vector: `[t_1, ..., t_n] -> (t_1.ravel(), ...)`."""
+    return tf.concat([tf.reshape(tensor, [-1]) for tensor in tensors], axis=0)
+
+
+def unflatten(vector, shapes):
+    """Splits a flat vector (last axis) into tensors of the given shapes: inverse of `flatten`."""
+    shapes = [tf.TensorShape(shape) for shape in shapes]
+    sizes = [shape.num_elements() for shape in shapes]
+    leading = tf.shape(vector)[:-1]
+    pieces = tf.split(vector, sizes, axis=-1)
+    return [
+        tf.reshape(piece, tf.concat([leading, shape.as_list()], axis=0))
+        for piece, shape in zip(pieces, shapes, strict=True)
+    ]
+
+
+def check_like(vector, variables, name="vector"):
+    """Returns `vector` as a list of tensors of the variables' shapes and dtype.
+
+    Raises:
+        ValueError: `vector` is not a list of one tensor per variable, each of its shape.
+    """
+    expected = [tuple(variable.shape) for variable in variables]
+    if not isinstance(vector, (list, tuple)):
+        raise ValueError(
+            f"`{name}` must be a list of {len(expected)} tensors shaped like the variables "
+            f"{expected}; received a {type(vector).__name__}. Use "
+            "keras_secondorder.curvature.unflatten(flat_vector, shapes) to split a flat vector."
+        )
+    tensors = [tf.convert_to_tensor(part, dtype=variables[0].dtype) for part in vector]
+    received = [tuple(tensor.shape) for tensor in tensors]
+    if received != expected:
+        raise ValueError(
+            f"`{name}` must hold one tensor per variable with shapes {expected}; received shapes "
+            f"{received}. Pass tensors shaped like the variables the curvature is taken over."
+        )
+    return tensors
