@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from keras_secondorder.curvature.hessian import _hessian_product
 from keras_secondorder.curvature.objective import Objective, as_batches, batch_size
-from keras_secondorder.curvature.output_losses import rows
+from keras_secondorder.curvature.output_losses import RNG, rows
 
 _ZERO = tf.UnconnectedGradients.ZERO
 METHODS = ("ggn", "ggn_mc", "hutchinson", "empirical_fisher")
@@ -73,8 +73,9 @@ def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=
             return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
     elif method == "ggn_mc":
         def factors(output_loss, z):
-            return [output_loss.sample_hessian_sqrt(z, tf.stack([seed[0], seed[1] * samples + s]))
-                    / tf.sqrt(tf.cast(samples, z.dtype)) for s in range(samples)]
+            # All draws at once: row s * N + n is draw s of example n.
+            draws = output_loss.sample_hessian_sqrt(tf.tile(z, [samples, 1]), seed)
+            return [draws / tf.sqrt(tf.cast(samples, z.dtype))]
     else:
         def factors(output_loss, z):
             return [output_loss.row_gradients(batch.y, z)]
@@ -93,27 +94,32 @@ def _check_settings(method, samples, chunk_size):
 def _output_space_diagonal(objective, batch, factors, chunk_size):
     # diag(sum_n c_n sum_f J_nᵀ r_nf r_nfᵀ J_n) = sum_n c_n sum_f (J_nᵀ r_nf)² + diag(∇²R), with
     # output-space factors r_nf of the curvature; J_nᵀ r_nf is the per-example gradient of
-    # r_nfᵀ z_n, computed for a chunk of rows at a time with a vectorized jacobian.
+    # r_nfᵀ z_n, computed for a chunk of rows at a time with a vectorized jacobian. Each factor
+    # block holds rows (f, n) in the order f * N + n.
     params = objective.params()
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(params)
         y_pred, losses = objective.forward(params, batch.x)
         output_loss = objective.output_loss(batch, y_pred)
-        z = output_loss.split(y_pred)
-        z_rows = rows(z)
+        z_rows = rows(output_loss.split(y_pred))
         fixed = tf.stop_gradient(z_rows)
         scale = tf.sqrt(output_loss.row_weights(batch.y, fixed, batch.sample_weight))[:, None]
-        num_rows = z_rows.shape[0] or chunk_size  # One chunk when the batch size is unknown.
-        chunks = [
-            tf.reduce_sum(tf.stop_gradient(scale * factor) * z_rows, axis=-1)[start:start + chunk_size]
-            for factor in factors(output_loss, fixed)
-            for start in range(0, num_rows, chunk_size if z_rows.shape[0] else num_rows)
-        ]
+        chunks = []
+        for block in factors(output_loss, fixed):
+            repeats = tf.shape(block)[0] // tf.shape(fixed)[0]
+            weighted = tf.stop_gradient(tf.tile(scale, [repeats, 1]) * block)
+            projections = tf.reduce_sum(weighted * tf.tile(z_rows, [repeats, 1]), axis=-1)
+            size = projections.shape[0]
+            if size is None:  # Batch size unknown when traced: one chunk.
+                chunks.append(projections)
+            else:
+                chunks += [projections[start:start + chunk_size]
+                           for start in range(0, size, chunk_size)]
     total = [tf.zeros_like(p) for p in params]
     for chunk in chunks:
         per_example = tape.jacobian(chunk, params, unconnected_gradients=_ZERO)
-        total = [t + tf.reduce_sum(tf.square(g), axis=0) for t, g in zip(total, per_example,
-                                                                        strict=True)]
+        total = [t + tf.reduce_sum(tf.square(g), axis=0)
+                 for t, g in zip(total, per_example, strict=True)]
     del tape
     penalty = _penalty_diagonal(objective, params, num_losses=len(losses))
     return total if penalty is None else [t + p for t, p in zip(total, penalty, strict=True)]
@@ -157,7 +163,8 @@ def _hutchinson(objective, batch, samples, seed):
         probes = []
         for position, p in enumerate(params):
             draw = tf.random.stateless_uniform(
-                tf.shape(p), probe_seed + [0, 7919 * (position + 1)], maxval=2, dtype=tf.int32)
+                tf.shape(p), probe_seed + [0, 7919 * (position + 1)], maxval=2, dtype=tf.int32,
+                alg=RNG)
             probes.append(tf.cast(2 * draw - 1, p.dtype))
         products = _hessian_product(objective, batch, probes)
         return index + 1, [t + v * hv for t, v, hv in zip(total, probes, products, strict=True)]

@@ -49,4 +49,5 @@ class FisherOperator(CurvatureOperator):
     See `CurvatureOperator` for the arguments.
     """
 
+    positive_semidefinite = True
     batch_product = staticmethod(_fisher_product)

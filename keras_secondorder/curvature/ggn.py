@@ -50,4 +50,5 @@ class GGNOperator(CurvatureOperator):
     See `CurvatureOperator` for the arguments.
     """
 
+    positive_semidefinite = True
     batch_product = staticmethod(_ggn_product)

@@ -26,15 +26,29 @@ class CurvatureOperator(tf.linalg.LinearOperator):
         loss: see `Objective`. Defaults to `None`: the compiled loss.
         variables: see `Objective`. Defaults to `None`: all trainable variables.
         training: see `Objective`. Defaults to `False`: the model as it predicts.
+        damping: `λ >= 0` added to the diagonal: the operator is `A + λ I`. Levenberg-Marquardt
+            damping: it bounds the step a solver takes along directions of tiny or (for the
+            Hessian) negative curvature, where the quadratic model of the objective is least
+            trustworthy. With `λ > 0` the Gauss-Newton and Fisher operators are positive
+            definite (and say so), as `tf.linalg.experimental.conjugate_gradient` requires.
+            Defaults to `0`.
         jit_compile: compile each batch's product with XLA. Defaults to `False`.
         name: the operator's name. Defaults to the class name.
     """
 
     # (objective, batch, vector) -> product on one batch, a list shaped like the variables.
     batch_product = None
+    # Whether the undamped matrix is positive semi-definite by construction.
+    positive_semidefinite = False
 
-    def __init__(self, model, data, *, loss=None, variables=None, training=False,
+    def __init__(self, model, data, *, loss=None, variables=None, training=False, damping=0.0,
                  jit_compile=False, name=None):
+        if not tf.is_tensor(damping) and not 0.0 <= float(damping) < float("inf"):
+            raise ValueError(
+                f"`damping` must be a finite number >= 0; received {damping!r}. It is the λ of "
+                "A + λI; use 0 for the undamped matrix."
+            )
+        self.damping = damping
         self.objective = Objective(model, loss=loss, variables=variables, training=training)
         self.batches = as_batches(data)
         sizes = tf.cast(tf.stack([batch_size(batch) for batch in self.batches]),
@@ -47,6 +61,7 @@ class CurvatureOperator(tf.linalg.LinearOperator):
         super().__init__(
             dtype=self.objective.dtype,
             is_self_adjoint=True,
+            is_positive_definite=True if self.positive_semidefinite and damping > 0 else None,
             is_square=True,
             name=name or type(self).__name__,
         )
@@ -59,10 +74,10 @@ class CurvatureOperator(tf.linalg.LinearOperator):
 
     def _list_product(self, vector):
         vector = self.objective.check_vector(vector)
-        total = None
+        total = [self.damping * v for v in vector]
         for weight, batch in zip(self._batch_weights, self.batches, strict=True):
-            part = [weight * p for p in self._compiled_product(batch, vector)]
-            total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
+            part = self._compiled_product(batch, vector)
+            total = [a + weight * b for a, b in zip(total, part, strict=True)]
         return total
 
     def _shape(self):

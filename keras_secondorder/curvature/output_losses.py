@@ -19,6 +19,10 @@ import tensorflow as tf
 # Keras's reduction of per-example losses (sample weights, masks, reduction modes).
 from keras.src.losses.loss import reduce_weighted_values
 
+# One random-number algorithm on every device and under XLA, so a seed gives the same draws
+# everywhere (TF's default, "auto_select", differs between devices and XLA).
+RNG = "philox"
+
 
 class OutputLoss:
     """A matching loss as a function of the outputs `z` at which the objective splits.
@@ -131,21 +135,23 @@ class CrossEntropy(OutputLoss):
     name = "categorical_crossentropy"
 
     def hessian_product(self, z, u):
-        # u -> diag(p) u - p pᵀ u
+        """`u -> diag(p) u - p pᵀ u`, `p = softmax(z)`."""
         p = tf.nn.softmax(z)
         return p * u - p * tf.reduce_sum(p * u, axis=-1, keepdims=True)
 
     def hessian_sqrt_column(self, z, k):
-        # S = diag(√p) - p √pᵀ satisfies S Sᵀ = diag(p) - p pᵀ (as Σ p = 1); column k = √p_k (e_k - p).
+        """`√p_k (e_k - p)`: column k of `S = diag(√p) - p √pᵀ`; `S Sᵀ = diag(p) - p pᵀ`."""
         p = tf.nn.softmax(z)
         e_k = tf.one_hot(tf.fill(tf.shape(p)[:1], k), tf.shape(p)[-1], dtype=p.dtype)
         return tf.sqrt(p[:, k : k + 1]) * (e_k - p)
 
     def sample_hessian_sqrt(self, z, seed):
-        # y ~ Cat(p): E[(p - e_y)(p - e_y)ᵀ] = diag(p) - p pᵀ.
+        """`p - e_y`, `y ~ Cat(p)`: `E[(p - e_y)(p - e_y)ᵀ] = diag(p) - p pᵀ`."""
+        # y is drawn by inverting the CDF: XLA has no kernel for tf.random.stateless_categorical.
         p = tf.nn.softmax(z)
-        labels = tf.random.stateless_categorical(tf.cast(z, tf.float32), 1, seed=seed)[:, 0]
-        return p - tf.one_hot(labels, tf.shape(p)[-1], dtype=p.dtype)
+        uniform = tf.random.stateless_uniform(tf.shape(p)[:1], seed, dtype=p.dtype, alg=RNG)
+        below = tf.cast(tf.cumsum(p, axis=-1)[:, :-1] < uniform[:, None], tf.int32)
+        return p - tf.one_hot(tf.reduce_sum(below, axis=-1), tf.shape(p)[-1], dtype=p.dtype)
 
 
 class SparseCrossEntropy(CrossEntropy):
@@ -165,17 +171,19 @@ class BinaryCrossEntropy(OutputLoss):
         return p, p * (1.0 - p) / tf.cast(tf.shape(z)[-1], z.dtype)
 
     def hessian_product(self, z, u):
-        # u -> diag(p (1 - p)) u / C
+        """`u -> diag(p (1 - p)) u / C`, `p = sigmoid(z)`."""
         return self._curvature(z)[1] * u
 
     def hessian_sqrt_column(self, z, k):
+        """`√(p_k (1 - p_k) / C) e_k`."""
         h = self._curvature(z)[1]
         return tf.one_hot(tf.fill(tf.shape(z)[:1], k), tf.shape(z)[-1], dtype=z.dtype) * tf.sqrt(h)
 
     def sample_hessian_sqrt(self, z, seed):
-        # y ~ Bernoulli(p): E[(p - y)²] = p (1 - p); divided by √C for the mean over outputs.
+        """`(p - y) / √C`, `y ~ Bernoulli(p)`: `E[(p - y)²] / C = p (1 - p) / C`."""
         p, _ = self._curvature(z)
-        draws = tf.cast(tf.random.stateless_uniform(tf.shape(p), seed, dtype=p.dtype) < p, p.dtype)
+        uniform = tf.random.stateless_uniform(tf.shape(p), seed, dtype=p.dtype, alg=RNG)
+        draws = tf.cast(uniform < p, p.dtype)
         return (p - draws) / tf.sqrt(tf.cast(tf.shape(z)[-1], z.dtype))
 
 
@@ -188,16 +196,17 @@ class MeanSquaredError(OutputLoss):
         return 2.0 / tf.cast(tf.shape(z)[-1], z.dtype)
 
     def hessian_product(self, z, u):
-        # u -> (2 / C) u
+        """`u -> (2 / C) u`."""
         return self._scale(z) * u
 
     def hessian_sqrt_column(self, z, k):
+        """`√(2 / C) e_k`."""
         e_k = tf.one_hot(tf.fill(tf.shape(z)[:1], k), tf.shape(z)[-1], dtype=z.dtype)
         return tf.sqrt(self._scale(z)) * e_k
 
     def sample_hessian_sqrt(self, z, seed):
-        # Gaussian noise with variance 2 / C: E[r rᵀ] = (2 / C) I.
-        noise = tf.random.stateless_normal(tf.shape(z), seed, dtype=z.dtype)
+        """`√(2 / C) ε`, `ε ~ N(0, I)`: `E[r rᵀ] = (2 / C) I`."""
+        noise = tf.random.stateless_normal(tf.shape(z), seed, dtype=z.dtype, alg=RNG)
         return tf.sqrt(self._scale(z)) * noise
 
 

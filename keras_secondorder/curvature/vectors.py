@@ -33,11 +33,12 @@ def check_like(vector, variables, name="vector"):
             f"{expected}; received a {type(vector).__name__}. Use "
             "keras_secondorder.curvature.unflatten(flat_vector, shapes) to split a flat vector."
         )
-    tensors = [tf.convert_to_tensor(part, dtype=variables[0].dtype) for part in vector]
+    tensors = [tf.convert_to_tensor(part) for part in vector]
     received = [tuple(tensor.shape) for tensor in tensors]
     if received != expected:
         raise ValueError(
             f"`{name}` must hold one tensor per variable with shapes {expected}; received shapes "
             f"{received}. Pass tensors shaped like the variables the curvature is taken over."
         )
-    return tensors
+    return [tf.cast(tensor, variable.dtype) for tensor, variable in zip(tensors, variables,
+                                                                        strict=True)]

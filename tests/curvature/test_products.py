@@ -1,0 +1,116 @@
+"""Every product against its dense matrix, on a grid of models and losses (float64)."""
+
+import pytest
+import tensorflow as tf
+from conftest import MODELS, make_case, random_like, relative_error
+
+from keras_secondorder import curvature
+from keras_secondorder.curvature import dense
+
+PRODUCTS = {
+    "hessian": (curvature.hessian_vector_product, dense.hessian, curvature.HessianOperator),
+    "ggn": (curvature.gauss_newton_vector_product, dense.ggn, curvature.GGNOperator),
+    "fisher": (curvature.fisher_vector_product, dense.empirical_fisher, curvature.FisherOperator),
+}
+GRID = [(kind, loss) for kind in MODELS for loss in ("ce", "bce", "mse")] + [
+    ("mlp", "sparse_ce_logits"), ("cnn", "sparse_ce_logits")]
+
+
+@pytest.mark.parametrize("kind,loss_name", GRID)
+@pytest.mark.parametrize("product", sorted(PRODUCTS))
+def test_product_equals_dense_matrix_times_vector(float64, kind, loss_name, product):
+    model, x, y, sample_weight = make_case(kind, loss_name)
+    vector_product, reference, _ = PRODUCTS[product]
+    vector = random_like(model)
+    actual = curvature.flatten(vector_product(model, x, y, vector, sample_weight))
+    matrix = reference(model, x, y, sample_weight)
+    expected = tf.linalg.matvec(matrix, curvature.flatten(vector))
+    assert relative_error(actual, expected) <= 1e-6
+    assert relative_error(tf.transpose(matrix), matrix) <= 1e-12  # Symmetric.
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("product", sorted(PRODUCTS))
+def test_batchnorm_dropout_in_both_modes(float64, product, training):
+    model, x, y, sample_weight = make_case("bn_dropout", "ce")
+    vector_product, reference, _ = PRODUCTS[product]
+    vector = random_like(model)
+    actual = curvature.flatten(vector_product(model, x, y, vector, sample_weight,
+                                              training=training))
+    expected = tf.linalg.matvec(reference(model, x, y, sample_weight, training=training),
+                                curvature.flatten(vector))
+    assert relative_error(actual, expected) <= 1e-6
+
+
+def test_training_mode_changes_the_curvature(float64):
+    # BatchNorm batch statistics and dropout make a different objective in training mode.
+    model, x, y, sample_weight = make_case("bn_dropout", "ce")
+    vector = random_like(model)
+    inference, training = (
+        curvature.flatten(curvature.hessian_vector_product(model, x, y, vector, sample_weight,
+                                                           training=mode))
+        for mode in (False, True))
+    assert relative_error(training, inference) > 1e-2
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "bn_dropout"])
+@pytest.mark.parametrize("central", [False, True])
+def test_finite_difference_matches_exact(float64, kind, central):
+    # In training mode: the same dropout masks and BatchNorm statistics must enter both gradients.
+    model, x, y, sample_weight = make_case(kind, "ce")
+    vector = random_like(model)
+    exact = curvature.hessian_vector_product(model, x, y, vector, sample_weight, training=True)
+    approximate = curvature.finite_difference_hessian_vector_product(
+        model, x, y, vector, sample_weight, central=central, training=True)
+    assert relative_error(curvature.flatten(approximate), curvature.flatten(exact)) <= 1e-3
+
+
+@pytest.mark.parametrize("product", sorted(PRODUCTS))
+def test_operator_to_dense_and_list_matvec(float64, product):
+    model, x, y, sample_weight = make_case("multi_input", "ce")
+    _, reference, operator_class = PRODUCTS[product]
+    operator = operator_class(model, (x, y, sample_weight))
+    matrix = reference(model, x, y, sample_weight)
+    assert operator.shape == matrix.shape
+    assert relative_error(operator.to_dense(), matrix) <= 1e-6
+    vector = random_like(model)
+    as_list = operator.matvec(vector)
+    assert [tuple(p.shape) for p in as_list] == [tuple(v.shape) for v in model.trainable_variables]
+    assert relative_error(curvature.flatten(as_list),
+                          tf.linalg.matvec(matrix, curvature.flatten(vector))) <= 1e-6
+
+
+def test_operator_averages_batches_by_size(float64):
+    # Two batches of 6 and 3 examples: the size-weighted average equals the operator on all 9.
+    model, x, y, _ = make_case("mlp", "ce", batch=9)
+    whole = curvature.GGNOperator(model, (x, y)).to_dense()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+    averaged = curvature.GGNOperator(model, dataset).to_dense()
+    assert relative_error(averaged, whole) <= 1e-10
+    listed = curvature.GGNOperator(model, [(x[:6], y[:6]), (x[6:], y[6:])]).to_dense()
+    assert relative_error(listed, whole) <= 1e-10
+
+
+def test_damped_operator_works_with_tf_linalg_conjugate_gradient(float64):
+    # G + I is positive definite, and says so: tf.linalg's CG accepts it and solves the system.
+    model, x, y, _ = make_case("mlp", "ce")
+    damped = curvature.GGNOperator(model, (x, y), damping=1.0)
+    assert damped.is_positive_definite and damped.is_self_adjoint
+    rhs = curvature.flatten(random_like(model))
+    solution = tf.linalg.experimental.conjugate_gradient(damped, rhs, tol=1e-12, max_iter=200).x
+    assert relative_error(damped.matvec(solution), rhs) <= 1e-8
+    undamped = curvature.GGNOperator(model, (x, y)).to_dense()
+    assert relative_error(damped.to_dense(), undamped + tf.eye(undamped.shape[0],
+                                                               dtype=undamped.dtype)) <= 1e-12
+    assert float(tf.reduce_min(tf.linalg.eigvalsh(undamped))) >= -1e-10  # PSD.
+    assert curvature.HessianOperator(model, (x, y), damping=1.0).is_positive_definite is None
+
+
+def test_block_of_variables_is_the_dense_diagonal_block(float64):
+    model, x, y, sample_weight = make_case("mlp", "ce")
+    full = dense.hessian(model, x, y, sample_weight)
+    block_variables = model.layers[-1].trainable_variables
+    start = sum(v.numpy().size for v in model.layers[0].trainable_variables)
+    block = curvature.HessianOperator(model, (x, y, sample_weight),
+                                      variables=block_variables).to_dense()
+    assert relative_error(block, full[start:, start:]) <= 1e-6
