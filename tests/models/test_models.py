@@ -1,0 +1,63 @@
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_secondorder import models
+
+
+def test_lenet5_layout_and_parameter_count():
+    model = models.lenet5()
+    assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 10)
+    shapes = [layer.output.shape[1:] for layer in model.layers]
+    assert shapes[:5] == [(28, 28, 6), (14, 14, 6), (10, 10, 16), (5, 5, 16), (1, 1, 120)]
+    assert model.count_params() == 61750
+    # Live weights: the paper's 60,000 (C1 156, S2 12, C3 1,516, S4 32, C5 48,120, F6 10,164)
+    # plus the softmax head's 850.
+    c3 = model.get_layer("c3")
+    live = model.count_params() - int(np.sum(1 - c3.mask.numpy())) * 25
+    assert live == 156 + 12 + 1516 + 32 + 48120 + 10164 + 850
+
+
+def test_c3_table_masks_unconnected_kernel_entries():
+    model = models.lenet5()
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(x))
+    c3 = model.get_layer("c3")
+    kernel_gradient = tape.gradient(loss, c3.kernel)
+    mask = c3.mask.numpy()  # (6 input maps, 16 output maps)
+    assert mask.sum() == 60 and mask[:, 15].sum() == 6 and mask[:, 0].tolist() == [1, 1, 1, 0, 0, 0]
+    unconnected = np.broadcast_to(mask == 0, kernel_gradient.shape)
+    assert np.all(kernel_gradient.numpy()[unconnected] == 0)
+    assert np.any(kernel_gradient.numpy()[~unconnected] != 0)
+
+
+def test_trainable_subsampling_is_scaled_window_sum(float64):
+    layer = models.TrainableSubsampling(activation=None)
+    x = np.arange(16.0).reshape(1, 4, 4, 1)
+    layer.build(x.shape)
+    layer.coefficient.assign([0.5])
+    layer.bias.assign([1.0])
+    expected = 0.5 * np.array([[0 + 1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13,
+                                                                10 + 11 + 14 + 15]]) + 1.0
+    np.testing.assert_allclose(layer(x).numpy()[0, :, :, 0], expected)
+
+
+def test_scaled_tanh_maps_one_to_one():
+    np.testing.assert_allclose(float(models.scaled_tanh(1.0)), 1.0, atol=1e-4)
+
+
+def test_lenet5_save_and_load(tmp_path):
+    model = models.lenet5()
+    x = np.random.default_rng(1).normal(size=(3, 32, 32, 1)).astype("float32")
+    model.save(tmp_path / "lenet5.keras")
+    loaded = keras.saving.load_model(tmp_path / "lenet5.keras")
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
+def test_deep_autoencoder_layout():
+    model = models.deep_autoencoder("mnist")
+    units = [layer.units for layer in model.layers]
+    assert units == [1000, 500, 250, 30, 250, 500, 1000, 784]
+    activations = [layer.activation.__name__ for layer in model.layers]
+    assert activations[3] == "linear" and set(activations[:3] + activations[4:]) == {"sigmoid"}
