@@ -1,0 +1,57 @@
+"""Shared pieces of the benchmark scripts: timing, MNIST batches, writing results."""
+
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from keras_secondorder.datasets import mnist
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def interleaved_medians(functions, runs, warmup):
+    """Median wall time (seconds) of each function, run round-robin so load drifts hit all."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    times = {name: [] for name in functions}
+    for _ in range(runs):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def mnist_batch(size, padded=False, data_dir=None):
+    """The first `size` MNIST training images in [0, 1] (flat, or padded to 32x32) and labels."""
+    (x_train, y_train), _ = mnist(data_dir)
+    images = x_train[:size].astype("float32") / 255.0
+    if padded:
+        images = np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None]
+    else:
+        images = images.reshape(size, -1)
+    return tf.constant(images), tf.constant(y_train[:size].astype("int32"))
+
+
+def environment():
+    return {
+        "tensorflow": tf.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write(name, payload, markdown):
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
