@@ -23,8 +23,8 @@ demo: $(BIN)/.installed
 	$(BIN)/python examples/curvature_mnist.py
 
 test: $(BIN)/.installed
-	$(BIN)/python -m ruff check keras_secondorder tests examples benchmarks export
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/python -m ruff check keras_secondorder tests examples benchmarks export
+	$(BIN)/python -m ruff check .
