@@ -45,9 +45,7 @@ def ggn(model, x, y, sample_weight=None, *, loss=None, variables=None, training=
                                      max_parameters)
     with tf.GradientTape() as tape:
         tape.watch(theta)
-        y_pred, _ = objective.forward(unflatten(theta, objective.shapes), batch.x)
-        output_loss = objective.output_loss(batch, y_pred)
-        z = output_loss.split(y_pred)
+        output_loss, z = _split_outputs(objective, batch, theta)
     jacobian = tf.reshape(tape.jacobian(z, theta, unconnected_gradients="zero"),
                           [-1, theta.shape[0]])
     z_flat = tf.reshape(tf.stop_gradient(z), [-1])
@@ -70,9 +68,7 @@ def empirical_fisher(model, x, y, sample_weight=None, *, loss=None, variables=No
                                      max_parameters)
     with tf.GradientTape() as tape:
         tape.watch(theta)
-        y_pred, _ = objective.forward(unflatten(theta, objective.shapes), batch.x)
-        output_loss = objective.output_loss(batch, y_pred)
-        z = output_loss.split(y_pred)
+        output_loss, z = _split_outputs(objective, batch, theta)
         row_losses = output_loss.row_losses(batch.y, z)
     per_example = tape.jacobian(row_losses, theta, unconnected_gradients="zero")  # (N, P)
     weights = output_loss.row_weights(batch.y, z, batch.sample_weight)
@@ -90,6 +86,13 @@ def _setup(model, x, y, sample_weight, loss, variables, training, max_parameters
             "`variables` to a block, or raise `max_parameters` if memory allows."
         )
     return objective, as_batch((x, y, sample_weight)), flatten(objective.params())
+
+
+def _split_outputs(objective, batch, theta):
+    """The output loss and the outputs `z` where it splits the objective, at flat weights θ."""
+    y_pred, _ = objective.forward(unflatten(theta, objective.shapes), batch.x)
+    output_loss = objective.output_loss(batch, y_pred)
+    return output_loss, output_loss.split(y_pred)
 
 
 def _hessian_of(function, point):
