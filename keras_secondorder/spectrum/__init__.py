@@ -1,0 +1,35 @@
+"""Spectra of the curvature operators: extreme eigenvalues, density, trace.
+
+Every function takes a self-adjoint `tf.linalg.LinearOperator`: `curvature.HessianOperator`,
+`GGNOperator` or `FisherOperator` on one batch or averaged over batches, over all variables or
+one block (`variables=`, e.g. one layer's). Krylov vectors are kept in float64.
+"""
+
+from keras_secondorder.spectrum.density import (
+    HutchinsonTrace,
+    SpectralDensity,
+    hutchinson_trace,
+    spectral_density,
+)
+from keras_secondorder.spectrum.exact import exact_eigenvalues
+from keras_secondorder.spectrum.lanczos import LanczosResult, lanczos
+from keras_secondorder.spectrum.power import (
+    OnlinePowerResult,
+    PowerIterationResult,
+    online_power_method,
+    power_iteration,
+)
+
+__all__ = [
+    "HutchinsonTrace",
+    "LanczosResult",
+    "OnlinePowerResult",
+    "PowerIterationResult",
+    "SpectralDensity",
+    "exact_eigenvalues",
+    "hutchinson_trace",
+    "lanczos",
+    "online_power_method",
+    "power_iteration",
+    "spectral_density",
+]

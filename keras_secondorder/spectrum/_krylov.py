@@ -1,0 +1,43 @@
+"""Shared pieces of the Krylov methods: operator products in float64, random start vectors."""
+
+import tensorflow as tf
+
+
+def check_operator(operator):
+    """The dimension of `operator`; ValueError unless it is a self-adjoint LinearOperator."""
+    if not isinstance(operator, tf.linalg.LinearOperator):
+        raise ValueError(
+            f"`operator` must be a tf.linalg.LinearOperator (e.g. keras_secondorder.curvature."
+            f"HessianOperator); received {type(operator).__name__}."
+        )
+    if not operator.is_self_adjoint or operator.shape.rank != 2:
+        raise ValueError(
+            f"`operator` must be a square self-adjoint operator; {operator.name} is not "
+            f"(is_self_adjoint={operator.is_self_adjoint}, shape={operator.shape})."
+        )
+    return int(operator.shape[-1])
+
+
+def apply(operator, vector):
+    """`A v` for a float64 vector `v`, computed in the operator's dtype, returned in float64."""
+    product = operator.matvec(tf.cast(vector, operator.dtype))
+    return tf.cast(product, tf.float64)
+
+
+def random_unit_vector(dimension, seed, index=0):
+    """A Gaussian vector normalized to length 1 (float64), from a stateless seed."""
+    vector = tf.random.stateless_normal([dimension], [seed, index], dtype=tf.float64, alg="philox")
+    return vector / tf.norm(vector)
+
+
+def rademacher(dimension, seed, index=0):
+    """A vector of independent ±1 entries (float64), from a stateless seed."""
+    draws = tf.random.stateless_uniform([dimension], [seed, index], maxval=2, dtype=tf.int32,
+                                        alg="philox")
+    return tf.cast(2 * draws - 1, tf.float64)
+
+
+def check_positive_int(value, name):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer; received {value!r}.")
+    return value

@@ -1,0 +1,112 @@
+"""The spectral density by stochastic Lanczos quadrature, and Hutchinson's trace."""
+
+import collections
+import math
+
+import tensorflow as tf
+
+from keras_secondorder.spectrum._krylov import (
+    apply,
+    check_operator,
+    check_positive_int,
+    rademacher,
+    random_unit_vector,
+)
+from keras_secondorder.spectrum.lanczos import tridiagonal_eigh, tridiagonalize
+
+SpectralDensity = collections.namedtuple(
+    "SpectralDensity", ["grid", "density", "negative_fraction", "nodes", "weights", "sigma",
+                        "num_products"])
+SpectralDensity.__doc__ = """Result of `spectral_density`.
+
+Attributes:
+    grid: `(grid_size,)` points spanning the spectrum, float64.
+    density: the smoothed density on `grid` (integrates to 1 over the real line).
+    negative_fraction: the estimated fraction of negative eigenvalues, the density's mass
+        below zero.
+    nodes, weights: `(probes, m)` quadrature nodes (Ritz values) and weights of each probe.
+    sigma: the Gaussian broadening.
+    num_products: operator products used.
+"""
+
+
+def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, sigma=None,
+                     seed=0):
+    """The eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019, PyHessian).
+
+    For a random unit vector `v`, `vᵀ f(A) v = sum_i (v·u_i)² f(λ_i)` is approximated by the
+    Gauss quadrature of `m` Lanczos steps, `sum_j τ_j f(θ_j)`: nodes `θ_j` (Ritz values) and
+    weights `τ_j` (squared first components of `T`'s eigenvectors). With `E[(v·u_i)²] = 1/P`,
+    averaging over probes estimates the spectral measure `(1/P) sum_i δ(t - λ_i)`, which
+    Gaussian broadening `σ` turns into a density.
+
+    Args:
+        operator: a self-adjoint `tf.linalg.LinearOperator`.
+        num_probes: random start vectors averaged. Defaults to `1` (for large P one probe is
+            already close: the weights concentrate).
+        num_iterations: Lanczos steps per probe (quadrature nodes). Defaults to `80`.
+        grid_size: points of the returned grid. Defaults to `1000`.
+        sigma: the broadening. Defaults to `None`: 1% of the spectrum's width.
+        seed: seed of the probes. Defaults to `0`.
+
+    Returns:
+        A `SpectralDensity`.
+    """
+    dimension = check_operator(operator)
+    for value, name in ((num_probes, "num_probes"), (num_iterations, "num_iterations"),
+                        (grid_size, "grid_size")):
+        check_positive_int(value, name)
+    steps = min(num_iterations, dimension)
+    nodes, weights, num_products = [], [], 0
+    for probe in range(num_probes):
+        alphas, betas, _ = tridiagonalize(operator, steps, random_unit_vector(dimension, seed,
+                                                                              probe))
+        values, vectors = tridiagonal_eigh(alphas, betas)
+        num_products += int(alphas.shape[0])
+        pad = steps - int(values.shape[0])  # An early invariant subspace: pad with zero weight.
+        nodes.append(tf.pad(values, [[0, pad]], constant_values=float(values[-1])))
+        weights.append(tf.pad(tf.square(vectors[0]), [[0, pad]]))
+    nodes, weights = tf.stack(nodes), tf.stack(weights) / num_probes
+    low, high = float(tf.reduce_min(nodes)), float(tf.reduce_max(nodes))
+    if sigma is None:
+        sigma = 0.01 * max(high - low, 1e-12)
+    if not sigma > 0:
+        raise ValueError(f"`sigma` must be positive; received {sigma!r}.")
+    grid = tf.linspace(tf.constant(low - 5 * sigma, tf.float64), high + 5 * sigma, grid_size)
+    gaussians = tf.exp(-0.5 * tf.square((grid[:, None] - tf.reshape(nodes, [-1])) / sigma))
+    density = tf.linalg.matvec(gaussians, tf.reshape(weights, [-1])) / (sigma * math.sqrt(
+        2 * math.pi))
+    # Mass below zero: sum_j τ_j Φ(-θ_j / σ).
+    below = 0.5 * tf.math.erfc(tf.reshape(nodes, [-1]) / (sigma * math.sqrt(2.0)))
+    negative_fraction = tf.reduce_sum(tf.reshape(weights, [-1]) * below)
+    return SpectralDensity(grid, density, negative_fraction, nodes, weights, sigma, num_products)
+
+
+HutchinsonTrace = collections.namedtuple("HutchinsonTrace", ["trace", "standard_error",
+                                                             "num_products"])
+HutchinsonTrace.__doc__ = """Result of `hutchinson_trace`: the estimate, its standard error, and
+the operator products used."""
+
+
+def hutchinson_trace(operator, num_probes=100, seed=0):
+    """Hutchinson's unbiased trace estimate `tr(A) = E[vᵀ A v]` with Rademacher `v`.
+
+    Args:
+        operator: a self-adjoint `tf.linalg.LinearOperator`.
+        num_probes: random probes averaged; the standard error falls as `1/sqrt(num_probes)`.
+            Defaults to `100`.
+        seed: seed of the probes. Defaults to `0`.
+
+    Returns:
+        A `HutchinsonTrace`.
+    """
+    dimension = check_operator(operator)
+    check_positive_int(num_probes, "num_probes")
+    samples = []
+    for probe in range(num_probes):
+        vector = rademacher(dimension, seed, probe)
+        samples.append(tf.tensordot(vector, apply(operator, vector), 1))
+    samples = tf.stack(samples)
+    error = (tf.math.reduce_std(samples) * math.sqrt(num_probes / max(num_probes - 1, 1))
+             / math.sqrt(num_probes))
+    return HutchinsonTrace(tf.reduce_mean(samples), error, num_probes)

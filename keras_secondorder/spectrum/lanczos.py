@@ -1,0 +1,115 @@
+"""Lanczos with full reorthogonalization: extreme eigenvalues and the tridiagonal quadrature."""
+
+import collections
+
+import tensorflow as tf
+
+from keras_secondorder.spectrum._krylov import (
+    apply,
+    check_operator,
+    check_positive_int,
+    random_unit_vector,
+)
+
+LanczosResult = collections.namedtuple(
+    "LanczosResult", ["largest", "smallest", "num_products", "converged", "ritz_values"])
+LanczosResult.__doc__ = """Result of `lanczos`.
+
+Attributes:
+    largest: the `k` largest eigenvalues, in decreasing order (float64).
+    smallest: the `k` smallest (most negative) eigenvalues, in increasing order (float64).
+    num_products: operator products used.
+    converged: whether all `2k` Ritz residuals met the tolerance.
+    ritz_values: all Ritz values of the last tridiagonal matrix, increasing.
+"""
+
+
+def tridiagonalize(operator, num_iterations, start, tol=None, k=None):
+    """Runs Lanczos from `start` with full reorthogonalization; the Krylov state is float64.
+
+    Args:
+        operator: a self-adjoint `tf.linalg.LinearOperator`.
+        num_iterations: the most steps (operator products).
+        start: the unit start vector, float64.
+        tol: stop when the `k` largest and `k` smallest Ritz values have residuals
+            `|β_m s_mj| <= tol * |θ_j|` (an upper bound of their eigenvalue error). Defaults to
+            `None`: run all `num_iterations`.
+        k: how many Ritz values at each end `tol` applies to.
+
+    Returns:
+        `(alphas, betas, converged)`: the diagonal and off-diagonal of the tridiagonal `T`.
+    """
+    basis = [start]
+    alphas, betas = [], []
+    converged = False
+    for step in range(num_iterations):
+        product = apply(operator, basis[-1])
+        alpha = tf.tensordot(basis[-1], product, 1)
+        product -= alpha * basis[-1] + (betas[-1] * basis[-2] if betas else 0.0)
+        # Full reorthogonalization, twice ("twice is enough"): keeps the basis orthogonal to
+        # working precision, so no ghost copies of converged eigenvalues appear.
+        stacked = tf.stack(basis)
+        for _ in range(2):
+            product -= tf.linalg.matvec(stacked, tf.linalg.matvec(stacked, product), True)
+        alphas.append(alpha)
+        beta = tf.norm(product)
+        if tol is not None and step + 1 >= 2 * k:
+            converged = _ritz_converged(alphas, betas, beta, tol, k)
+        scale = tf.reduce_max(tf.abs(tf.stack(alphas + betas)))
+        if converged or step + 1 == num_iterations or beta <= 1e-12 * scale:
+            break  # Converged, out of steps, or an invariant subspace was found.
+        betas.append(beta)
+        basis.append(product / beta)
+    return tf.stack(alphas), tf.stack(betas) if betas else tf.zeros([0], tf.float64), converged
+
+
+def tridiagonal_eigh(alphas, betas):
+    """Eigenvalues (increasing) and eigenvectors (columns) of the tridiagonal `T`."""
+    matrix = tf.linalg.diag(alphas)
+    if betas.shape[0]:
+        matrix += tf.linalg.diag(betas, k=1) + tf.linalg.diag(betas, k=-1)
+    return tf.linalg.eigh(matrix)
+
+
+def _ritz_converged(alphas, betas, beta, tol, k):
+    values, vectors = tridiagonal_eigh(tf.stack(alphas), tf.stack(betas) if betas else
+                                       tf.zeros([0], tf.float64))
+    ends = tf.concat([tf.range(k), tf.range(len(alphas) - k, len(alphas))], axis=0)
+    residuals = tf.abs(beta * tf.gather(vectors[-1], ends))
+    return bool(tf.reduce_all(residuals <= tol * tf.abs(tf.gather(values, ends))))
+
+
+def lanczos(operator, k=1, num_iterations=None, tol=1e-6, seed=0):
+    """The `k` largest and `k` smallest (most negative) eigenvalues, by the Lanczos method.
+
+    Full reorthogonalization against all previous Lanczos vectors, stored in float64; the cost
+    is one operator product per step, plus `O(P m)` work for the reorthogonalization. A Krylov
+    method sees each distinct eigenvalue once: a repeated eigenvalue (such as the zero
+    curvature along a softmax's logit shifts) is returned once, followed by the next distinct
+    ones.
+
+    Args:
+        operator: a self-adjoint `tf.linalg.LinearOperator`, e.g. `curvature.HessianOperator`.
+        k: eigenvalues wanted at each end of the spectrum. Defaults to `1`.
+        num_iterations: steps at most. Defaults to `None`: `min(P, max(10 k, 60))`.
+        tol: stop once the `2k` wanted Ritz values have residuals `<= tol * |θ|`; the
+            residual bounds the eigenvalue error (and its square over the gap bounds it
+            tighter). Defaults to `1e-6`.
+        seed: seed of the random start vector. Defaults to `0`.
+
+    Returns:
+        A `LanczosResult`.
+    """
+    dimension = check_operator(operator)
+    check_positive_int(k, "k")
+    if num_iterations is None:
+        num_iterations = min(dimension, max(10 * k, 60))
+    check_positive_int(num_iterations, "num_iterations")
+    alphas, betas, converged = tridiagonalize(operator, num_iterations,
+                                              random_unit_vector(dimension, seed), tol=tol, k=k)
+    values, _ = tridiagonal_eigh(alphas, betas)
+    if len(alphas) == dimension:
+        converged = True  # A full tridiagonalization: the Ritz values are the eigenvalues.
+    k_found = min(k, int(values.shape[0]))
+    return LanczosResult(values[::-1][:k_found], values[:k_found], int(alphas.shape[0]),
+                         converged, values)
