@@ -1,0 +1,77 @@
+"""What both curvature callbacks share: the data they measure on, operators, progress."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_secondorder import curvature
+
+OPERATORS = {"hessian": curvature.HessianOperator, "ggn": curvature.GGNOperator,
+             "fisher": curvature.FisherOperator}
+
+
+def check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {sorted(choices)}; received {value!r}.")
+    return value
+
+
+def measurement_batches(data, num_samples, batch_size):
+    """At most `num_samples` examples of `data`, as a list of `(x, y[, sample_weight])` batches.
+
+    `data` is a tuple of arrays `(x, y[, sample_weight])`, split into batches of `batch_size`,
+    or a `tf.data.Dataset` (or iterable) of batches, read until `num_samples` examples.
+    """
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"`num_samples` must be a positive integer; received {num_samples!r}.")
+    if isinstance(data, tuple):
+        if len(data) not in (2, 3):
+            raise ValueError(f"`data` as a tuple must be (x, y) or (x, y, sample_weight); "
+                             f"received a tuple of length {len(data)}.")
+        data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+    batches, count = [], 0
+    for batch in data:
+        batch = tuple(batch)
+        size = int(tf.shape(tf.nest.flatten(batch[0])[0])[0])
+        keep = min(size, num_samples - count)
+        batches.append(tuple(tf.nest.map_structure(lambda t, keep=keep: t[:keep], part)
+                             for part in batch))
+        count += keep
+        if count >= num_samples:
+            break
+    if not batches:
+        raise ValueError("`data` holds no examples to measure the curvature on.")
+    return batches
+
+
+class ProgressOperator(tf.linalg.LinearOperator):
+    """Wraps an operator and advances a Keras progress bar at each product (counted)."""
+
+    def __init__(self, operator, progbar=None):
+        self.operator, self.progbar, self.num_products = operator, progbar, 0
+        super().__init__(dtype=operator.dtype, is_self_adjoint=True, is_square=True,
+                         name=operator.name)
+
+    def _shape(self):
+        return self.operator.shape
+
+    def _shape_tensor(self):
+        return self.operator.shape_tensor()
+
+    def _matvec(self, x, adjoint=False):
+        self.num_products += 1
+        if self.progbar is not None:
+            self.progbar.add(1)
+        return self.operator.matvec(x)
+
+    def _matmul(self, x, adjoint=False, adjoint_arg=False):
+        return tf.transpose(tf.map_fn(self._matvec, tf.transpose(x)))
+
+
+def progress_bar(total, verbose, unit):
+    """A Keras progress bar over `total` products, or `None` when `verbose` is 0."""
+    return keras.utils.Progbar(total, unit_name=unit) if verbose else None
+
+
+def is_finite(value):
+    return bool(np.isfinite(float(value)))

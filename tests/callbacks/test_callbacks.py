@@ -1,0 +1,133 @@
+"""The curvature callbacks in model.fit: theory on least squares, logs, untouched state, files."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import make_case
+
+from keras_secondorder.callbacks import HessianSpectrum, PowerMethodLR
+
+
+def least_squares(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(64, 3))
+    y = x @ np.array([[1.0], [-2.0], [0.5]]) + 0.1 * rng.normal(size=(64, 1))
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.01), loss="mse")
+    return model, x, y
+
+
+def test_power_method_lr_sets_one_over_lambda_max(float64):
+    model, x, y = least_squares()
+    callback = PowerMethodLR((x, y), num_samples=64, tol=1e-10, max_iterations=500, verbose=0)
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[callback])
+    lambda_max = np.linalg.eigvalsh(2 * x.T @ x / len(x))[-1]  # Hessian of the MSE.
+    np.testing.assert_allclose(callback.lambda_max, lambda_max, rtol=1e-8)
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 1 / lambda_max, rtol=1e-8)
+
+
+@pytest.mark.parametrize("scale,diverges", [(2.1, True), (1.9, False)])
+def test_gradient_descent_diverges_above_two_over_lambda_max(float64, scale, diverges):
+    model, x, y = least_squares()
+    initial = float(model.evaluate(x, y, verbose=0))
+    callback = PowerMethodLR((x, y), num_samples=64, scale=scale, tol=1e-10,
+                             max_iterations=500, verbose=0)
+    history = model.fit(x, y, batch_size=64, epochs=200, shuffle=False, verbose=0,
+                        callbacks=[callback])
+    final = history.history["loss"][-1]
+    weights = np.linalg.lstsq(x, y, rcond=None)[0]
+    minimum = float(np.mean((x @ weights - y) ** 2))
+    if diverges:
+        assert final > 1e6 * initial
+    else:
+        assert abs(final - minimum) <= 1e-6 * minimum
+
+
+def test_power_method_lr_logs_and_reestimates(float64, tmp_path):
+    model, x, y, _ = make_case("mlp", "ce", batch=40)
+    callback = PowerMethodLR((x, y), num_samples=30, batch_size=16, every_n_epochs=2, verbose=0)
+    logger = keras.callbacks.CSVLogger(str(tmp_path / "log.csv"))
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=[callback, logger])
+    assert len(history.history["lambda_max"]) == 3
+    rates = history.history["learning_rate"]
+    assert rates[0] == rates[1] != rates[2]  # Re-estimated at the start of epoch 3.
+    np.testing.assert_allclose(rates[2], 1 / abs(history.history["lambda_max"][2]))
+    with open(tmp_path / "log.csv") as handle:
+        assert {"lambda_max", "learning_rate"} <= set(next(csv.reader(handle)))
+
+
+def test_power_method_lr_refuses_schedules(float64):
+    model, x, y = least_squares()
+    model.compile(optimizer=keras.optimizers.SGD(
+        keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)), loss="mse")
+    with pytest.raises(ValueError, match="learning rate is a schedule"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[PowerMethodLR((x, y), verbose=0)])
+
+
+def snapshot(model):
+    return [v.numpy().copy() for v in model.variables + model.optimizer.variables]
+
+
+def test_measurements_leave_weights_and_optimizer_state_untouched(float64):
+    model, x, y, _ = make_case("bn_dropout", "ce", batch=32)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)  # Optimizer slots and BatchNorm statistics in use.
+    before = snapshot(model)
+    spectrum_callback = HessianSpectrum((x, y), k=2, per_layer=True, verbose=0)
+    spectrum_callback.set_model(model)
+    spectrum_callback.measure()
+    for old, new in zip(before, snapshot(model), strict=True):
+        np.testing.assert_array_equal(old, new)
+    lr_callback = PowerMethodLR((x, y), verbose=0)
+    lr_callback.set_model(model)
+    lr_callback.estimate()
+    changed = [i for i, (old, new) in enumerate(zip(before, snapshot(model), strict=True))
+               if not np.array_equal(old, new)]
+    learning_rate = model.optimizer._learning_rate
+    assert [model.variables + model.optimizer.variables][0][changed[0]] is learning_rate
+    assert len(changed) == 1
+
+
+def test_hessian_spectrum_logs_plots_and_histograms(float64, tmp_path):
+    model, x, y, _ = make_case("mlp", "ce", batch=40)
+    callback = HessianSpectrum((x, y), every_n_epochs=2, k=3, num_samples=32, batch_size=16,
+                               per_layer=True, png_dir=str(tmp_path / "png"),
+                               tensorboard_log_dir=str(tmp_path / "tb"), verbose=0)
+    history = model.fit(x, y, epochs=4, verbose=0, callbacks=[callback])
+    keys = {"hessian_top_1", "hessian_top_2", "hessian_top_3", "hessian_min", "hessian_trace",
+            "hessian_negative_fraction", "hessian_condition"}
+    per_layer = {f"hessian_{kind}/{layer.name}" for layer in model.layers
+                 for kind in ("top_1", "mean_diagonal")}
+    # Measured after epochs 2 and 4 only: History keeps the keys from the epochs that had them.
+    assert keys | per_layer <= set(history.history)
+    assert len(history.history["hessian_top_1"]) == 2
+    top = [history.history[f"hessian_top_{i}"][-1] for i in (1, 2, 3)]
+    assert top[0] >= top[1] >= top[2] >= history.history["hessian_min"][-1]
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert [p.name for p in pngs] == ["hessian_density_epoch_002.png",
+                                      "hessian_density_epoch_004.png"]
+    for path in pngs:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.verify()
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    histograms = [value.tag for event in tf.compat.v1.train.summary_iterator(str(events[0]))
+                  for value in event.summary.value]
+    assert histograms.count("hessian_density") == 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(curvature="kfac"), "`curvature` must be one of"),
+    (dict(k=0), "`k` must be a positive integer"),
+    (dict(num_samples=0), "`num_samples` must be a positive integer"),
+])
+def test_hessian_spectrum_bad_arguments(float64, kwargs, match):
+    _, x, y, _ = make_case("mlp", "ce")
+    with pytest.raises(ValueError, match=match):
+        HessianSpectrum((x, y), **kwargs)
