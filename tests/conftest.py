@@ -23,10 +23,13 @@ BATCH = 6
 @pytest.fixture
 def float64():
     """Builds models and losses in float64 for comparisons with dense references."""
-    previous = keras.config.floatx()
+    # Keras caches its global dtype policy at first use, so the policy is set too, not only floatx.
+    previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
-    keras.config.set_floatx(previous)
+    keras.config.set_floatx(previous_floatx)
+    keras.config.set_dtype_policy(previous_policy)
 
 
 class Subclassed(keras.Model):

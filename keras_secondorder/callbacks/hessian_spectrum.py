@@ -87,9 +87,10 @@ class HessianSpectrum(keras.callbacks.Callback):
         """Measures the spectrum now; returns the values it logs (a dict of floats)."""
         name = self.curvature
         iterations = self.lanczos_iterations or max(10 * self.k, 60)
-        operator = ProgressOperator(
-            OPERATORS[name](self.model, self.batches),
-            progress_bar(None, self.verbose, f"{name} products"))
+        per_layer = len([layer for layer in self.model.layers if layer.trainable_variables])
+        most = (iterations + self.trace_probes) * (1 + self.per_layer * per_layer)
+        progbar = progress_bar(most + self.density_iterations, self.verbose, f"{name} products")
+        operator = ProgressOperator(OPERATORS[name](self.model, self.batches), progbar)
         extremes = spectrum.lanczos(operator, k=self.k, num_iterations=iterations,
                                     seed=self.seed)
         trace = spectrum.hutchinson_trace(operator, self.trace_probes, seed=self.seed)
@@ -105,9 +106,11 @@ class HessianSpectrum(keras.callbacks.Callback):
             f"{name}_condition": float(extremes.largest[0]) / max(abs(smallest), 1e-30),
         })
         if self.per_layer:
-            values.update(self._per_layer(name, iterations))
+            values.update(self._per_layer(name, iterations, progbar))
+        if progbar is not None:
+            progbar.update(progbar.target, finalize=True)  # Lanczos may have stopped early.
         if self.verbose:
-            print(f"\nHessianSpectrum: {operator.num_products} {name} products; "
+            print(f"HessianSpectrum: {operator.num_products} {name} products; "
                   f"top {values[f'{name}_top_1']:.4g}, min {smallest:.4g}, "
                   f"trace {values[f'{name}_trace']:.4g}, negative fraction "
                   f"{values[f'{name}_negative_fraction']:.3f}")
@@ -118,13 +121,14 @@ class HessianSpectrum(keras.callbacks.Callback):
             self._histogram(density, epoch)
         return values
 
-    def _per_layer(self, name, iterations):
+    def _per_layer(self, name, iterations, progbar):
         values = {}
         for layer in self.model.layers:
             if not layer.trainable_variables:
                 continue
-            block = OPERATORS[name](self.model, self.batches,
-                                    variables=layer.trainable_variables)
+            block = ProgressOperator(OPERATORS[name](self.model, self.batches,
+                                                     variables=layer.trainable_variables),
+                                     progbar)
             top = spectrum.lanczos(block, k=1, num_iterations=min(iterations, block.shape[0]),
                                    seed=self.seed)
             trace = spectrum.hutchinson_trace(block, self.trace_probes, seed=self.seed)

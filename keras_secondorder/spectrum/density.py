@@ -22,8 +22,8 @@ SpectralDensity.__doc__ = """Result of `spectral_density`.
 Attributes:
     grid: `(grid_size,)` points spanning the spectrum, float64.
     density: the smoothed density on `grid` (integrates to 1 over the real line).
-    negative_fraction: the estimated fraction of negative eigenvalues, the density's mass
-        below zero.
+    negative_fraction: the estimated fraction of eigenvalues below `-zero_tolerance * max|λ|`,
+        the quadrature's mass there.
     nodes, weights: `(probes, m)` quadrature nodes (Ritz values) and weights of each probe.
     sigma: the Gaussian broadening.
     num_products: operator products used.
@@ -31,7 +31,7 @@ Attributes:
 
 
 def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, sigma=None,
-                     seed=0):
+                     zero_tolerance=1e-3, seed=0):
     """The eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019, PyHessian).
 
     For a random unit vector `v`, `vᵀ f(A) v = sum_i (v·u_i)² f(λ_i)` is approximated by the
@@ -47,6 +47,11 @@ def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, 
         num_iterations: Lanczos steps per probe (quadrature nodes). Defaults to `80`.
         grid_size: points of the returned grid. Defaults to `1000`.
         sigma: the broadening. Defaults to `None`: 1% of the spectrum's width.
+        zero_tolerance: eigenvalues within `zero_tolerance * max|λ|` of zero count as zero,
+            not negative, in `negative_fraction`. An over-parameterized network has a large
+            bulk of (numerically) zero curvature, its flat directions; without the band, half
+            of that bulk would count as negative and drown the signal of Dauphin et al. (2014).
+            Defaults to `1e-3`.
         seed: seed of the probes. Defaults to `0`.
 
     Returns:
@@ -76,9 +81,11 @@ def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, 
     gaussians = tf.exp(-0.5 * tf.square((grid[:, None] - tf.reshape(nodes, [-1])) / sigma))
     density = tf.linalg.matvec(gaussians, tf.reshape(weights, [-1])) / (sigma * math.sqrt(
         2 * math.pi))
-    # Mass below zero: sum_j τ_j Φ(-θ_j / σ).
-    below = 0.5 * tf.math.erfc(tf.reshape(nodes, [-1]) / (sigma * math.sqrt(2.0)))
-    negative_fraction = tf.reduce_sum(tf.reshape(weights, [-1]) * below)
+    if not 0 <= zero_tolerance < 1:
+        raise ValueError(f"`zero_tolerance` must be in [0, 1); received {zero_tolerance!r}.")
+    # Quadrature mass below -ε: sum_j τ_j [θ_j < -ε].
+    threshold = -zero_tolerance * tf.reduce_max(tf.abs(nodes))
+    negative_fraction = tf.reduce_sum(tf.where(nodes < threshold, weights, 0.0))
     return SpectralDensity(grid, density, negative_fraction, nodes, weights, sigma, num_products)
 
 

@@ -19,22 +19,23 @@ Attributes:
     largest: the `k` largest eigenvalues, in decreasing order (float64).
     smallest: the `k` smallest (most negative) eigenvalues, in increasing order (float64).
     num_products: operator products used.
-    converged: whether all `2k` Ritz residuals met the tolerance.
+    converged: whether the wanted Ritz residuals met the tolerance.
     ritz_values: all Ritz values of the last tridiagonal matrix, increasing.
 """
 
 
-def tridiagonalize(operator, num_iterations, start, tol=None, k=None):
+def tridiagonalize(operator, num_iterations, start, tol=None, k=None, which="both"):
     """Runs Lanczos from `start` with full reorthogonalization; the Krylov state is float64.
 
     Args:
         operator: a self-adjoint `tf.linalg.LinearOperator`.
         num_iterations: the most steps (operator products).
         start: the unit start vector, float64.
-        tol: stop when the `k` largest and `k` smallest Ritz values have residuals
+        tol: stop when the `k` wanted Ritz values at each wanted end have residuals
             `|β_m s_mj| <= tol * |θ_j|` (an upper bound of their eigenvalue error). Defaults to
             `None`: run all `num_iterations`.
         k: how many Ritz values at each end `tol` applies to.
+        which: the ends `tol` applies to: `"both"`, `"largest"` or `"smallest"`.
 
     Returns:
         `(alphas, betas, converged)`: the diagonal and off-diagonal of the tridiagonal `T`.
@@ -54,7 +55,7 @@ def tridiagonalize(operator, num_iterations, start, tol=None, k=None):
         alphas.append(alpha)
         beta = tf.norm(product)
         if tol is not None and step + 1 >= 2 * k:
-            converged = _ritz_converged(alphas, betas, beta, tol, k)
+            converged = _ritz_converged(alphas, betas, beta, tol, k, which)
         scale = tf.reduce_max(tf.abs(tf.stack(alphas + betas)))
         if converged or step + 1 == num_iterations or beta <= 1e-12 * scale:
             break  # Converged, out of steps, or an invariant subspace was found.
@@ -71,15 +72,17 @@ def tridiagonal_eigh(alphas, betas):
     return tf.linalg.eigh(matrix)
 
 
-def _ritz_converged(alphas, betas, beta, tol, k):
+def _ritz_converged(alphas, betas, beta, tol, k, which):
     values, vectors = tridiagonal_eigh(tf.stack(alphas), tf.stack(betas) if betas else
                                        tf.zeros([0], tf.float64))
-    ends = tf.concat([tf.range(k), tf.range(len(alphas) - k, len(alphas))], axis=0)
+    ends = tf.concat([tf.range(k) if which != "largest" else tf.zeros([0], tf.int32),
+                      tf.range(len(alphas) - k, len(alphas)) if which != "smallest"
+                      else tf.zeros([0], tf.int32)], axis=0)
     residuals = tf.abs(beta * tf.gather(vectors[-1], ends))
     return bool(tf.reduce_all(residuals <= tol * tf.abs(tf.gather(values, ends))))
 
 
-def lanczos(operator, k=1, num_iterations=None, tol=1e-6, seed=0):
+def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0):
     """The `k` largest and `k` smallest (most negative) eigenvalues, by the Lanczos method.
 
     Full reorthogonalization against all previous Lanczos vectors, stored in float64; the cost
@@ -92,9 +95,12 @@ def lanczos(operator, k=1, num_iterations=None, tol=1e-6, seed=0):
         operator: a self-adjoint `tf.linalg.LinearOperator`, e.g. `curvature.HessianOperator`.
         k: eigenvalues wanted at each end of the spectrum. Defaults to `1`.
         num_iterations: steps at most. Defaults to `None`: `min(P, max(10 k, 60))`.
-        tol: stop once the `2k` wanted Ritz values have residuals `<= tol * |θ|`; the
-            residual bounds the eigenvalue error (and its square over the gap bounds it
-            tighter). Defaults to `1e-6`.
+        tol: stop once the wanted Ritz values have residuals `<= tol * |θ|`; the residual
+            bounds the eigenvalue error (and its square over the gap bounds it tighter).
+            Defaults to `1e-6`.
+        which: which end(s) `tol` waits for: `"both"`, `"largest"` or `"smallest"`. Both ends
+            are returned either way; the other end is then only as converged as it happens to
+            be. Defaults to `"both"`.
         seed: seed of the random start vector. Defaults to `0`.
 
     Returns:
@@ -102,11 +108,14 @@ def lanczos(operator, k=1, num_iterations=None, tol=1e-6, seed=0):
     """
     dimension = check_operator(operator)
     check_positive_int(k, "k")
+    if which not in ("both", "largest", "smallest"):
+        raise ValueError(f"`which` must be 'both', 'largest' or 'smallest'; received {which!r}.")
     if num_iterations is None:
         num_iterations = min(dimension, max(10 * k, 60))
     check_positive_int(num_iterations, "num_iterations")
     alphas, betas, converged = tridiagonalize(operator, num_iterations,
-                                              random_unit_vector(dimension, seed), tol=tol, k=k)
+                                              random_unit_vector(dimension, seed), tol=tol, k=k,
+                                              which=which)
     values, _ = tridiagonal_eigh(alphas, betas)
     if len(alphas) == dimension:
         converged = True  # A full tridiagonalization: the Ritz values are the eigenvalues.

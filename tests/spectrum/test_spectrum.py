@@ -24,6 +24,9 @@ def test_lanczos_extreme_eigenvalues(hessian_case):
     np.testing.assert_allclose(result.smallest.numpy()[0], eigenvalues[0], rtol=1e-4)
     assert eigenvalues[0] < 0  # The Hessian is indefinite: the bottom eigenvalue is negative.
     assert result.converged and result.num_products <= operator.shape[0]
+    top = spectrum.lanczos(operator, k=5, which="largest", tol=1e-8)
+    np.testing.assert_allclose(top.largest.numpy(), eigenvalues[::-1][:5], rtol=1e-4)
+    assert top.converged and top.num_products <= result.num_products
 
 
 def test_power_iteration_with_deflation(hessian_case):
@@ -86,6 +89,7 @@ def test_exact_eigenvalues_of_the_ggn_are_nonnegative(float64):
 
 @pytest.mark.parametrize("call,match", [
     (lambda op: spectrum.lanczos(op, k=0), "`k` must be a positive integer"),
+    (lambda op: spectrum.lanczos(op, which="top"), "`which` must be"),
     (lambda op: spectrum.power_iteration(op, tol=0), "`tol` must be positive"),
     (lambda op: spectrum.spectral_density(op, num_probes=2.0), "`num_probes` must be a positive"),
     (lambda op: spectrum.lanczos(tf.eye(3)), "`operator` must be a tf.linalg.LinearOperator"),
