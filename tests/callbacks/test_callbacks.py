@@ -131,3 +131,25 @@ def test_hessian_spectrum_bad_arguments(float64, kwargs, match):
     _, x, y, _ = make_case("mlp", "ce")
     with pytest.raises(ValueError, match=match):
         HessianSpectrum((x, y), **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["multi_input", "subclassed", "cnn"])
+def test_callbacks_on_functional_subclassed_and_dataset_data(float64, kind):
+    # Functional (two inputs), subclassed and convolutional models; data as a tf.data.Dataset,
+    # capped at 20 of its 40 examples.
+    model, x, y, _ = make_case(kind, "ce", batch=40)
+    inputs = tuple(x) if isinstance(x, list) else x
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, y)).batch(16)
+    spectrum_callback = HessianSpectrum(dataset, k=2, num_samples=20, verbose=0)
+    lr_callback = PowerMethodLR(dataset, num_samples=20, verbose=0)
+    assert sum(len(batch[1]) for batch in spectrum_callback.batches) == 20
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[lr_callback, spectrum_callback])
+    assert {"lambda_max", "learning_rate", "hessian_top_2", "hessian_trace"} <= set(
+        history.history)
+    # The callbacks measured the first 20 examples: the same eigenvalue as the operator on them.
+    from keras_secondorder import curvature, spectrum
+
+    first = (tf.nest.map_structure(lambda a: a[:20], inputs), y[:20])
+    expected = spectrum.lanczos(curvature.HessianOperator(model, first), k=2)
+    np.testing.assert_allclose(history.history["hessian_top_1"][-1],
+                               float(expected.largest[0]), rtol=1e-6)
