@@ -18,7 +18,7 @@ if _keras.backend.backend() != "tensorflow":
         "before importing Keras."
     )
 
-from keras_secondorder import callbacks, curvature, datasets, models, spectrum  # noqa: E402
+from keras_secondorder import callbacks, curvature, datasets, models, spectrum, svm  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["callbacks", "curvature", "datasets", "models", "spectrum", "__version__"]
+__all__ = ["callbacks", "curvature", "datasets", "models", "spectrum", "svm", "__version__"]
