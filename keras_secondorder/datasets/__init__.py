@@ -1,5 +1,22 @@
-"""Datasets: MNIST from its IDX files, or from TensorFlow Datasets."""
+"""Datasets: MNIST from its IDX files or TensorFlow Datasets, and as LeNet-5 reads it."""
 
+from keras_secondorder.datasets.lenet import (
+    BACKGROUND,
+    FOREGROUND,
+    affine_distortion,
+    elastic_distortion,
+    lenet_preprocess,
+    mnist_dataset,
+)
 from keras_secondorder.datasets.mnist import DATA_ENV_VAR, mnist
 
-__all__ = ["DATA_ENV_VAR", "mnist"]
+__all__ = [
+    "BACKGROUND",
+    "DATA_ENV_VAR",
+    "FOREGROUND",
+    "affine_distortion",
+    "elastic_distortion",
+    "lenet_preprocess",
+    "mnist",
+    "mnist_dataset",
+]
