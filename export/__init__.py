@@ -1,0 +1,1 @@
+"""The SavedModel export command and its TensorFlow-only verification."""
