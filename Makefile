@@ -20,7 +20,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/python examples/curvature_mnist.py
+	$(BIN)/python examples/mnist_lenet5.py
 
 test: $(BIN)/.installed
 	$(BIN)/python -m ruff check .
