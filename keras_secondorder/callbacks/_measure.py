@@ -68,6 +68,24 @@ class ProgressOperator(tf.linalg.LinearOperator):
         return tf.transpose(tf.map_fn(self._matvec, tf.transpose(x)))
 
 
+class OperatorCache:
+    """Curvature operators of one model and data, built once per block of variables.
+
+    An operator reads the variables inside its compiled product, so it stays valid as training
+    changes the weights; reusing it avoids tracing the product again at every measurement.
+    """
+
+    def __init__(self, curvature, batches):
+        self.curvature, self.batches, self._operators = curvature, batches, {}
+
+    def get(self, model, variables=None):
+        key = (id(model), None if variables is None else tuple(id(v) for v in variables))
+        if key not in self._operators:
+            self._operators[key] = OPERATORS[self.curvature](model, self.batches,
+                                                             variables=variables)
+        return self._operators[key]
+
+
 def progress_bar(total, verbose, unit):
     """A Keras progress bar over `total` products, or `None` when `verbose` is 0."""
     return keras.utils.Progbar(total, unit_name=unit) if verbose else None

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_secondorder import spectrum
 from keras_secondorder.callbacks._measure import (
     OPERATORS,
+    OperatorCache,
     ProgressOperator,
     check_choice,
     measurement_batches,
@@ -68,6 +69,7 @@ class HessianSpectrum(keras.callbacks.Callback):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer; received {value!r}.")
         self.batches = measurement_batches(data, num_samples, batch_size)
+        self.operators = OperatorCache(curvature, self.batches)
         self.every_n_epochs, self.k, self.curvature = every_n_epochs, k, curvature
         self.lanczos_iterations, self.trace_probes = lanczos_iterations, trace_probes
         self.density_iterations, self.per_layer = density_iterations, per_layer
@@ -90,7 +92,7 @@ class HessianSpectrum(keras.callbacks.Callback):
         per_layer = len([layer for layer in self.model.layers if layer.trainable_variables])
         most = (iterations + self.trace_probes) * (1 + self.per_layer * per_layer)
         progbar = progress_bar(most + self.density_iterations, self.verbose, f"{name} products")
-        operator = ProgressOperator(OPERATORS[name](self.model, self.batches), progbar)
+        operator = ProgressOperator(self.operators.get(self.model), progbar)
         extremes = spectrum.lanczos(operator, k=self.k, num_iterations=iterations,
                                     seed=self.seed)
         trace = spectrum.hutchinson_trace(operator, self.trace_probes, seed=self.seed)
@@ -126,9 +128,8 @@ class HessianSpectrum(keras.callbacks.Callback):
         for layer in self.model.layers:
             if not layer.trainable_variables:
                 continue
-            block = ProgressOperator(OPERATORS[name](self.model, self.batches,
-                                                     variables=layer.trainable_variables),
-                                     progbar)
+            block = ProgressOperator(
+                self.operators.get(self.model, layer.trainable_variables), progbar)
             top = spectrum.lanczos(block, k=1, num_iterations=min(iterations, block.shape[0]),
                                    seed=self.seed)
             trace = spectrum.hutchinson_trace(block, self.trace_probes, seed=self.seed)

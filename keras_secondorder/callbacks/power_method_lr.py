@@ -6,7 +6,7 @@ import keras
 
 from keras_secondorder import spectrum
 from keras_secondorder.callbacks._measure import (
-    OPERATORS,
+    OperatorCache,
     ProgressOperator,
     check_choice,
     is_finite,
@@ -60,6 +60,7 @@ class PowerMethodLR(keras.callbacks.Callback):
             raise ValueError(f"`every_n_epochs` must be a positive integer or None; received "
                              f"{every_n_epochs!r}.")
         self.batches = measurement_batches(data, num_samples, batch_size)
+        self.operators = OperatorCache(curvature, self.batches)
         self.curvature, self.scale, self.every_n_epochs = curvature, scale, every_n_epochs
         self.tol, self.max_iterations, self.verbose, self.seed = tol, max_iterations, verbose, seed
         self.lambda_max = None
@@ -88,7 +89,7 @@ class PowerMethodLR(keras.callbacks.Callback):
     def estimate(self):
         """Measures `λ_max` now and sets the learning rate; returns `λ_max`."""
         operator = ProgressOperator(
-            OPERATORS[self.curvature](self.model, self.batches),
+            self.operators.get(self.model),
             progress_bar(self.max_iterations, self.verbose, f"{self.curvature} products"))
         result = spectrum.power_iteration(operator, k=1, tol=self.tol,
                                           max_iterations=self.max_iterations, seed=self.seed)

@@ -114,3 +114,18 @@ def test_block_of_variables_is_the_dense_diagonal_block(float64):
     block = curvature.HessianOperator(model, (x, y, sample_weight),
                                       variables=block_variables).to_dense()
     assert relative_error(block, full[start:, start:]) <= 1e-6
+
+
+def test_operator_follows_the_weights(float64):
+    # The product reads the variables when it runs: after the weights move, a reused operator
+    # equals a freshly built one.
+    model, x, y, _ = make_case("mlp", "ce")
+    operator = curvature.HessianOperator(model, (x, y))
+    vector = curvature.flatten(random_like(model))
+    before = operator.matvec(vector)
+    for variable in model.trainable_variables:
+        variable.assign(variable * 1.5)
+    after = operator.matvec(vector)
+    fresh = curvature.HessianOperator(model, (x, y)).matvec(vector)
+    assert relative_error(after, fresh) <= 1e-12
+    assert relative_error(after, before) > 1e-2
