@@ -1,4 +1,4 @@
-"""Models of the classic experiments: LeNet-5 and the MNIST deep autoencoder."""
+"""Models of the classic experiments: LeNet-5, LeNet-6 and the MNIST deep autoencoder."""
 
 from keras_secondorder.models.autoencoder import deep_autoencoder
 from keras_secondorder.models.lenet import (
@@ -6,6 +6,7 @@ from keras_secondorder.models.lenet import (
     ConnectionTableConv2D,
     TrainableSubsampling,
     lenet5,
+    lenet6,
     scaled_tanh,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "TrainableSubsampling",
     "deep_autoencoder",
     "lenet5",
+    "lenet6",
     "scaled_tanh",
 ]

@@ -112,3 +112,32 @@ def lenet5(num_classes=10, name="lenet5"):
         ],
         name=name,
     )
+
+
+def lenet6(num_classes=10, name="lenet6"):
+    """The larger conv net of the MNIST benchmarks, layout 1-50-50-200-10.
+
+    Two 5x5 convolutions with 50 maps, each followed by 2x2 max pooling, a 200-unit fully
+    connected layer and a softmax output; `scaled_tanh` units as in LeNet-5. On 32x32 inputs:
+    32 -> 28 -> 14 -> 10 -> 5, so the 200 units see 5x5x50 features.
+
+    Args:
+        num_classes: output classes. Defaults to `10`.
+        name: the model's name. Defaults to `"lenet6"`.
+
+    Returns:
+        An uncompiled `keras.Sequential` taking `(32, 32, 1)` images.
+    """
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 1)),
+            keras.layers.Conv2D(50, 5, activation=scaled_tanh, name="c1"),
+            keras.layers.MaxPooling2D(2, name="s2"),
+            keras.layers.Conv2D(50, 5, activation=scaled_tanh, name="c3"),
+            keras.layers.MaxPooling2D(2, name="s4"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(200, activation=scaled_tanh, name="f5"),
+            keras.layers.Dense(num_classes, activation="softmax", name="output"),
+        ],
+        name=name,
+    )

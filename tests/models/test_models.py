@@ -61,3 +61,12 @@ def test_deep_autoencoder_layout():
     assert units == [1000, 500, 250, 30, 250, 500, 1000, 784]
     activations = [layer.activation.__name__ for layer in model.layers]
     assert activations[3] == "linear" and set(activations[:3] + activations[4:]) == {"sigmoid"}
+
+
+def test_lenet6_layout_and_parameter_count():
+    model = models.lenet6()
+    assert model.output_shape == (None, 10)
+    assert [layer.output.shape[1:] for layer in model.layers[:4]] == [
+        (28, 28, 50), (14, 14, 50), (10, 10, 50), (5, 5, 50)]
+    # 1-50-50-200-10: conv 5x5x1x50 + 50, conv 5x5x50x50 + 50, dense 1250x200 + 200, 200x10 + 10.
+    assert model.count_params() == 1300 + 62550 + 250200 + 2010
