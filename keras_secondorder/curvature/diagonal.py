@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder.curvature.hessian import _hessian_product
-from keras_secondorder.curvature.objective import Objective, as_batches, batch_size
+from keras_secondorder.curvature.objective import Objective, as_batches, batch_weights
 from keras_secondorder.curvature.output_losses import RNG, rows
 
 _ZERO = tf.UnconnectedGradients.ZERO
@@ -48,15 +48,13 @@ def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=F
     _check_settings(method, samples, chunk_size)
     batches = as_batches(data)
     compiled = tf.function(batch_diagonal)
-    total, count = None, 0
-    for index, batch in enumerate(batches):
-        size = int(batch_size(batch))
+    total = [tf.zeros_like(p) for p in objective.params()]
+    for index, (weight, batch) in enumerate(zip(batch_weights(batches, objective.dtype), batches,
+                                                strict=True)):
         part = compiled(objective, batch, method, samples=samples,
                         seed=tf.constant([seed, index], tf.int64), chunk_size=chunk_size)
-        part = [size * p for p in part]
-        total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
-        count += size
-    return [t / count for t in total]
+        total = [t + weight * p for t, p in zip(total, part, strict=True)]
+    return total
 
 
 def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=64):

@@ -55,6 +55,12 @@ def batch_size(batch):
     return tf.shape(tf.nest.flatten(batch.x)[0])[0]
 
 
+def batch_weights(batches, dtype):
+    """`n_b / sum(n)` for each batch: the weights of a size-weighted mean over the batches."""
+    sizes = tf.cast(tf.stack([batch_size(batch) for batch in batches]), dtype)
+    return tf.unstack(sizes / tf.reduce_sum(sizes))
+
+
 class Objective:
     """What `model.fit` minimizes on a batch, as a pure function of the trainable weights.
 
@@ -133,13 +139,11 @@ class Objective:
 
     def forward(self, params, x):
         """`(y_pred, losses)`: the model's outputs and `model.losses` at weights `params`."""
-        values = [variable.value for variable in self.model.trainable_variables]
-        for position, value in zip(self._positions, params, strict=True):
-            values[position] = value
         kwargs = {"training": self.training} if self.model._call_has_training_arg else {}
         with exact_second_derivatives():
             y_pred, _, losses = self.model.stateless_call(
-                values, self._non_trainable_values(), x, return_losses=True, **kwargs
+                self._trainable_values(params), self._non_trainable_values(), x,
+                return_losses=True, **kwargs
             )
         return y_pred, losses
 
@@ -161,15 +165,12 @@ class Objective:
             regularization = self.regularization(losses)
             return value if regularization is None else value + regularization
         model = self.model
-        values = [variable.value for variable in model.trainable_variables]
-        for position, value in zip(self._positions, params, strict=True):
-            values[position] = value
         # As Keras's own stateless (JAX) train step: the forward pass's losses are handed to
         # compute_loss through `_losses_override`, so activity regularizers are counted too.
         model._losses_override = list(losses)
         try:
             value, _ = model.stateless_compute_loss(
-                values,
+                self._trainable_values(params),
                 self._non_trainable_values(),
                 [variable.value for variable in model.metrics_variables],
                 x=batch.x,
@@ -203,6 +204,13 @@ class Objective:
             )
         compile_loss = self._explicit_loss or self.model._compile_loss
         return output_losses.resolve(compile_loss, batch.y, y_pred)
+
+    def _trainable_values(self, params):
+        """All trainable values, with `params` in place of `variables`' current values."""
+        values = [variable.value for variable in self.model.trainable_variables]
+        for position, value in zip(self._positions, params, strict=True):
+            values[position] = value
+        return values
 
     def _non_trainable_values(self):
         return [variable.value for variable in self.model.non_trainable_variables]

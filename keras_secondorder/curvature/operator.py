@@ -4,7 +4,7 @@ import functools
 
 import tensorflow as tf
 
-from keras_secondorder.curvature.objective import Objective, as_batches, batch_size
+from keras_secondorder.curvature.objective import Objective, as_batches, batch_weights
 from keras_secondorder.curvature.vectors import flatten, unflatten
 
 
@@ -51,9 +51,7 @@ class CurvatureOperator(tf.linalg.LinearOperator):
         self.damping = damping
         self.objective = Objective(model, loss=loss, variables=variables, training=training)
         self.batches = as_batches(data)
-        sizes = tf.cast(tf.stack([batch_size(batch) for batch in self.batches]),
-                        self.objective.dtype)
-        self._batch_weights = tf.unstack(sizes / tf.reduce_sum(sizes))
+        self._batch_weights = batch_weights(self.batches, self.objective.dtype)
         self._compiled_product = tf.function(
             functools.partial(type(self).batch_product, self.objective), jit_compile=jit_compile
         )
