@@ -5,15 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_secondorder import curvature
+from keras_secondorder._validation import positive_int
 
 OPERATORS = {"hessian": curvature.HessianOperator, "ggn": curvature.GGNOperator,
              "fisher": curvature.FisherOperator}
-
-
-def check_choice(value, name, choices):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {sorted(choices)}; received {value!r}.")
-    return value
 
 
 def measurement_batches(data, num_samples, batch_size):
@@ -22,8 +17,7 @@ def measurement_batches(data, num_samples, batch_size):
     `data` is a tuple of arrays `(x, y[, sample_weight])`, split into batches of `batch_size`,
     or a `tf.data.Dataset` (or iterable) of batches, read until `num_samples` examples.
     """
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"`num_samples` must be a positive integer; received {num_samples!r}.")
+    positive_int(num_samples, "num_samples")
     if isinstance(data, tuple):
         if len(data) not in (2, 3):
             raise ValueError(f"`data` as a tuple must be (x, y) or (x, y, sample_weight); "

@@ -7,11 +7,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_secondorder import spectrum
+from keras_secondorder._validation import one_of, positive_int
 from keras_secondorder.callbacks._measure import (
     OPERATORS,
     OperatorCache,
     ProgressOperator,
-    check_choice,
     measurement_batches,
     progress_bar,
 )
@@ -62,12 +62,11 @@ class HessianSpectrum(keras.callbacks.Callback):
                  density_iterations=60, per_layer=False, png_dir=None, tensorboard_log_dir=None,
                  verbose=1, seed=0):
         super().__init__()
-        check_choice(curvature, "curvature", OPERATORS)
+        one_of(curvature, "curvature", OPERATORS)
         for value, name in ((every_n_epochs, "every_n_epochs"), (k, "k"),
                             (trace_probes, "trace_probes"),
                             (density_iterations, "density_iterations")):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer; received {value!r}.")
+            positive_int(value, name)
         self.batches = measurement_batches(data, num_samples, batch_size)
         self.operators = OperatorCache(curvature, self.batches)
         self.every_n_epochs, self.k, self.curvature = every_n_epochs, k, curvature

@@ -5,10 +5,10 @@ import warnings
 import keras
 
 from keras_secondorder import spectrum
+from keras_secondorder._validation import one_of, positive_int
 from keras_secondorder.callbacks._measure import (
     OperatorCache,
     ProgressOperator,
-    check_choice,
     is_finite,
     measurement_batches,
     progress_bar,
@@ -52,13 +52,11 @@ class PowerMethodLR(keras.callbacks.Callback):
                  every_n_epochs=None, tol=1e-3, max_iterations=50, batch_size=250, verbose=1,
                  seed=0):
         super().__init__()
-        check_choice(curvature, "curvature", ("hessian", "ggn"))
+        one_of(curvature, "curvature", ("hessian", "ggn"))
         if not scale > 0:
             raise ValueError(f"`scale` must be positive; received {scale!r}.")
-        if every_n_epochs is not None and (not isinstance(every_n_epochs, int)
-                                           or every_n_epochs < 1):
-            raise ValueError(f"`every_n_epochs` must be a positive integer or None; received "
-                             f"{every_n_epochs!r}.")
+        if every_n_epochs is not None:
+            positive_int(every_n_epochs, "every_n_epochs")
         self.batches = measurement_batches(data, num_samples, batch_size)
         self.operators = OperatorCache(curvature, self.batches)
         self.curvature, self.scale, self.every_n_epochs = curvature, scale, every_n_epochs

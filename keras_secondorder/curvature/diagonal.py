@@ -14,6 +14,7 @@ so memory stays bounded by the chunk, not the batch.
 import keras
 import tensorflow as tf
 
+from keras_secondorder._validation import one_of, positive_int
 from keras_secondorder.curvature.hessian import _hessian_product
 from keras_secondorder.curvature.objective import Objective, as_batches, batch_weights
 from keras_secondorder.curvature.output_losses import RNG, rows
@@ -81,12 +82,9 @@ def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=
 
 
 def _check_settings(method, samples, chunk_size):
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}; received {method!r}.")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"`samples` must be a positive integer; received {samples!r}.")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer; received {chunk_size!r}.")
+    one_of(method, "method", METHODS)
+    positive_int(samples, "samples")
+    positive_int(chunk_size, "chunk_size")
 
 
 def _output_space_diagonal(objective, batch, factors, chunk_size):

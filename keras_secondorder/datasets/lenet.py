@@ -5,6 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_secondorder._validation import one_of
 from keras_secondorder.datasets.mnist import mnist
 
 # LeCun et al. 1998: white background -0.1, black foreground 1.175, so that the inputs have a
@@ -110,16 +111,15 @@ def mnist_dataset(split="train", batch_size=128, distortions=None, shuffle=None,
     Returns:
         A batched, prefetched `tf.data.Dataset`.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"`split` must be 'train' or 'test'; received {split!r}.")
-    if distortions not in DISTORTIONS:
-        raise ValueError(f"`distortions` must be one of {DISTORTIONS}; received "
-                         f"{distortions!r}.")
+    one_of(split, "split", ("train", "test"))
+    one_of(distortions, "distortions", DISTORTIONS)
     train, test = mnist(data_dir)
     images, labels = train if split == "train" else test
     images, labels = images[:limit], labels[:limit].astype("int32")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if split == "train" if shuffle is None else shuffle:
+    if shuffle is None:
+        shuffle = split == "train"
+    if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size).map(lambda x, y: (lenet_preprocess(x), y),
                                             num_parallel_calls=tf.data.AUTOTUNE)

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_secondorder._validation import one_of
+
 _LAYOUTS = {"mnist": (784, (1000, 500, 250), 30)}
 
 
@@ -18,8 +20,7 @@ def deep_autoencoder(dataset="mnist", name=None):
     Returns:
         An uncompiled `keras.Sequential`.
     """
-    if dataset not in _LAYOUTS:
-        raise ValueError(f"`dataset` must be one of {sorted(_LAYOUTS)}; received {dataset!r}.")
+    one_of(dataset, "dataset", _LAYOUTS)
     inputs, hidden, code = _LAYOUTS[dataset]
     layers = [keras.Input((inputs,))]
     layers += [keras.layers.Dense(units, activation="sigmoid", name=f"encoder_{units}")

@@ -36,8 +36,3 @@ def rademacher(dimension, seed, index=0):
                                         alg="philox")
     return tf.cast(2 * draws - 1, tf.float64)
 
-
-def check_positive_int(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; received {value!r}.")
-    return value

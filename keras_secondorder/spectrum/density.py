@@ -5,10 +5,10 @@ import math
 
 import tensorflow as tf
 
+from keras_secondorder._validation import positive_int
 from keras_secondorder.spectrum._krylov import (
     apply,
     check_operator,
-    check_positive_int,
     rademacher,
     random_unit_vector,
 )
@@ -60,7 +60,11 @@ def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, 
     dimension = check_operator(operator)
     for value, name in ((num_probes, "num_probes"), (num_iterations, "num_iterations"),
                         (grid_size, "grid_size")):
-        check_positive_int(value, name)
+        positive_int(value, name)
+    if sigma is not None and not sigma > 0:
+        raise ValueError(f"`sigma` must be positive; received {sigma!r}.")
+    if not 0 <= zero_tolerance < 1:
+        raise ValueError(f"`zero_tolerance` must be in [0, 1); received {zero_tolerance!r}.")
     steps = min(num_iterations, dimension)
     nodes, weights, num_products = [], [], 0
     for probe in range(num_probes):
@@ -75,14 +79,10 @@ def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, 
     low, high = float(tf.reduce_min(nodes)), float(tf.reduce_max(nodes))
     if sigma is None:
         sigma = 0.01 * max(high - low, 1e-12)
-    if not sigma > 0:
-        raise ValueError(f"`sigma` must be positive; received {sigma!r}.")
     grid = tf.linspace(tf.constant(low - 5 * sigma, tf.float64), high + 5 * sigma, grid_size)
     gaussians = tf.exp(-0.5 * tf.square((grid[:, None] - tf.reshape(nodes, [-1])) / sigma))
     density = tf.linalg.matvec(gaussians, tf.reshape(weights, [-1])) / (sigma * math.sqrt(
         2 * math.pi))
-    if not 0 <= zero_tolerance < 1:
-        raise ValueError(f"`zero_tolerance` must be in [0, 1); received {zero_tolerance!r}.")
     # Quadrature mass below -ε: sum_j τ_j [θ_j < -ε].
     threshold = -zero_tolerance * tf.reduce_max(tf.abs(nodes))
     negative_fraction = tf.reduce_sum(tf.where(nodes < threshold, weights, 0.0))
@@ -108,7 +108,7 @@ def hutchinson_trace(operator, num_probes=100, seed=0):
         A `HutchinsonTrace`.
     """
     dimension = check_operator(operator)
-    check_positive_int(num_probes, "num_probes")
+    positive_int(num_probes, "num_probes")
     samples = []
     for probe in range(num_probes):
         vector = rademacher(dimension, seed, probe)

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from keras_secondorder._validation import one_of
 from keras_secondorder.curvature import dense
 
 _DENSE = {"hessian": dense.hessian, "ggn": dense.ggn, "fisher": dense.empirical_fisher}
@@ -19,6 +20,5 @@ def exact_eigenvalues(model, x, y, sample_weight=None, *, curvature="hessian", *
     Returns:
         A `(P,)` tensor of eigenvalues in increasing order.
     """
-    if curvature not in _DENSE:
-        raise ValueError(f"`curvature` must be one of {sorted(_DENSE)}; received {curvature!r}.")
+    one_of(curvature, "curvature", _DENSE)
     return tf.linalg.eigvalsh(_DENSE[curvature](model, x, y, sample_weight, **kwargs))

@@ -4,10 +4,10 @@ import collections
 
 import tensorflow as tf
 
+from keras_secondorder._validation import one_of, positive_int
 from keras_secondorder.spectrum._krylov import (
     apply,
     check_operator,
-    check_positive_int,
     random_unit_vector,
 )
 
@@ -61,11 +61,20 @@ def tridiagonalize(operator, num_iterations, start, tol=None, k=None, which="bot
             break  # Converged, out of steps, or an invariant subspace was found.
         betas.append(beta)
         basis.append(product / beta)
-    return tf.stack(alphas), tf.stack(betas) if betas else tf.zeros([0], tf.float64), converged
+    return _vector(alphas), _vector(betas), converged
+
+
+def _vector(values):
+    """A float64 vector from a list of scalars (possibly empty) or a vector."""
+    return tf.reshape(tf.convert_to_tensor(values, tf.float64), [-1])
 
 
 def tridiagonal_eigh(alphas, betas):
-    """Eigenvalues (increasing) and eigenvectors (columns) of the tridiagonal `T`."""
+    """Eigenvalues (increasing) and eigenvectors (columns) of the tridiagonal `T`.
+
+    `alphas` and `betas` are its diagonal and off-diagonal, as vectors or lists of scalars.
+    """
+    alphas, betas = _vector(alphas), _vector(betas)
     matrix = tf.linalg.diag(alphas)
     if betas.shape[0]:
         matrix += tf.linalg.diag(betas, k=1) + tf.linalg.diag(betas, k=-1)
@@ -73,8 +82,7 @@ def tridiagonal_eigh(alphas, betas):
 
 
 def _ritz_converged(alphas, betas, beta, tol, k, which):
-    values, vectors = tridiagonal_eigh(tf.stack(alphas), tf.stack(betas) if betas else
-                                       tf.zeros([0], tf.float64))
+    values, vectors = tridiagonal_eigh(alphas, betas)
     ends = tf.concat([tf.range(k) if which != "largest" else tf.zeros([0], tf.int32),
                       tf.range(len(alphas) - k, len(alphas)) if which != "smallest"
                       else tf.zeros([0], tf.int32)], axis=0)
@@ -107,12 +115,11 @@ def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0):
         A `LanczosResult`.
     """
     dimension = check_operator(operator)
-    check_positive_int(k, "k")
-    if which not in ("both", "largest", "smallest"):
-        raise ValueError(f"`which` must be 'both', 'largest' or 'smallest'; received {which!r}.")
+    positive_int(k, "k")
+    one_of(which, "which", ("both", "largest", "smallest"))
     if num_iterations is None:
         num_iterations = min(dimension, max(10 * k, 60))
-    check_positive_int(num_iterations, "num_iterations")
+    positive_int(num_iterations, "num_iterations")
     alphas, betas, converged = tridiagonalize(operator, num_iterations,
                                               random_unit_vector(dimension, seed), tol=tol, k=k,
                                               which=which)

@@ -5,11 +5,11 @@ import collections
 import tensorflow as tf
 
 from keras_secondorder import curvature
+from keras_secondorder._validation import one_of, positive_int
 from keras_secondorder.curvature.objective import Batch, as_batches, as_objective
 from keras_secondorder.spectrum._krylov import (
     apply,
     check_operator,
-    check_positive_int,
     random_unit_vector,
 )
 
@@ -43,8 +43,8 @@ def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0):
         A `PowerIterationResult`.
     """
     dimension = check_operator(operator)
-    check_positive_int(k, "k")
-    check_positive_int(max_iterations, "max_iterations")
+    positive_int(k, "k")
+    positive_int(max_iterations, "max_iterations")
     if not tol > 0:
         raise ValueError(f"`tol` must be positive; received {tol!r}.")
     eigenvalues, eigenvectors, converged, num_products = [], [], [], 0
@@ -114,14 +114,12 @@ def online_power_method(model, data, *, gamma=0.05, alpha=0.01, product="finite_
     Returns:
         An `OnlinePowerResult`.
     """
-    if product not in ("finite_difference", "exact"):
-        raise ValueError(
-            f"`product` must be 'finite_difference' or 'exact'; received {product!r}.")
+    one_of(product, "product", ("finite_difference", "exact"))
     if not 0 < gamma <= 1:
         raise ValueError(f"`gamma` must be in (0, 1]; received {gamma!r}.")
     if not alpha > 0:
         raise ValueError(f"`alpha` must be positive; received {alpha!r}.")
-    check_positive_int(presentations, "presentations")
+    positive_int(presentations, "presentations")
     objective = as_objective(model, loss, variables, training)
     patterns = _patterns(data)
     psi = curvature.unflatten(
