@@ -48,10 +48,12 @@ def first_max(scores):
 def serving_functions(model, features_layer=None):
     """`{signature name: function of images}` for `model` (features from `features_layer`)."""
     extractor = svm.chop(model, features_layer)
-    return {
-        "serve": lambda images: {"scores": model(images), "labels": first_max(model(images))},
-        "features": lambda images: {"features": extractor(images)},
-    }
+
+    def serve(images):
+        scores = model(images)
+        return {"scores": scores, "labels": first_max(scores)}
+
+    return {"serve": serve, "features": lambda images: {"features": extractor(images)}}
 
 
 def export(model, directory, features_layer=None, overwrite=False):
