@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_secondorder import curvature
 from keras_secondorder._validation import positive_int
+from keras_secondorder.curvature.operator import matmul_by_columns
 
 OPERATORS = {"hessian": curvature.HessianOperator, "ggn": curvature.GGNOperator,
              "fisher": curvature.FisherOperator}
@@ -59,7 +60,8 @@ class ProgressOperator(tf.linalg.LinearOperator):
         return self.operator.matvec(x)
 
     def _matmul(self, x, adjoint=False, adjoint_arg=False):
-        return tf.transpose(tf.map_fn(self._matvec, tf.transpose(x)))
+        del adjoint  # Self-adjoint.
+        return matmul_by_columns(self, x, adjoint_arg)
 
 
 class OperatorCache:

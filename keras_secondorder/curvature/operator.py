@@ -95,12 +95,16 @@ class CurvatureOperator(tf.linalg.LinearOperator):
 
     def _matmul(self, x, adjoint=False, adjoint_arg=False):
         del adjoint  # Self-adjoint.
-        if adjoint_arg:
-            x = tf.linalg.adjoint(x)
-        if x.shape.rank != 2:
-            raise ValueError(
-                f"{self.name}.matmul takes a matrix of shape ({self._dimension}, k); received "
-                f"shape {x.shape}."
-            )
-        columns = tf.map_fn(self._matvec, tf.transpose(x))
-        return tf.transpose(columns)
+        return matmul_by_columns(self, x, adjoint_arg)
+
+
+def matmul_by_columns(operator, x, adjoint_arg=False):
+    """`A X` for a self-adjoint operator, one `matvec` per column of the matrix `X`."""
+    if adjoint_arg:
+        x = tf.linalg.adjoint(x)
+    if x.shape.rank != 2:
+        raise ValueError(
+            f"{operator.name}.matmul takes a matrix of shape ({operator.shape[-1]}, k); "
+            f"received shape {x.shape}."
+        )
+    return tf.transpose(tf.map_fn(operator.matvec, tf.transpose(x)))
