@@ -18,7 +18,17 @@ if _keras.backend.backend() != "tensorflow":
         "before importing Keras."
     )
 
-from keras_secondorder import callbacks, curvature, datasets, models, spectrum, svm  # noqa: E402
+from keras_secondorder import (  # noqa: E402
+    callbacks,
+    curvature,
+    datasets,
+    models,
+    optimizers,
+    spectrum,
+    svm,
+)
+from keras_secondorder.training import Model, wrap  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["callbacks", "curvature", "datasets", "models", "spectrum", "svm", "__version__"]
+__all__ = ["Model", "callbacks", "curvature", "datasets", "models", "optimizers", "spectrum",
+           "svm", "wrap", "__version__"]

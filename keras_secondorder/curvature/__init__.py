@@ -8,7 +8,8 @@ compilable with `jit_compile=True`): `hessian_vector_product`,
 small models: `keras_secondorder.curvature.dense`.
 """
 
-from keras_secondorder.curvature import dense
+from keras_secondorder.curvature import bbprop, dense
+from keras_secondorder.curvature.batch import BatchCurvature
 from keras_secondorder.curvature.diagonal import batch_diagonal, diagonal
 from keras_secondorder.curvature.fisher import FisherOperator, fisher_vector_product
 from keras_secondorder.curvature.ggn import GGNOperator, gauss_newton_vector_product
@@ -25,6 +26,7 @@ from keras_secondorder.curvature.vectors import flatten, unflatten
 
 __all__ = [
     "Batch",
+    "BatchCurvature",
     "CurvatureOperator",
     "FisherOperator",
     "GGNOperator",
@@ -32,6 +34,7 @@ __all__ = [
     "Objective",
     "SUPPORTED_LOSSES",
     "batch_diagonal",
+    "bbprop",
     "dense",
     "diagonal",
     "finite_difference_hessian_vector_product",

@@ -6,22 +6,23 @@
 | `"ggn_mc"`           | diag(GGN), unbiased| `samples` per-example backward passes    |
 | `"hutchinson"`       | diag(Hessian), unbiased | `samples` Hessian-vector products   |
 | `"empirical_fisher"` | diag(emp. Fisher), exact | one per-example backward pass      |
+| `"bbprop"`           | diag(GGN), Becker-LeCun approximation | one backward pass (`bbprop`) |
 
 Per-example backward passes are `GradientTape.jacobian` over chunks of `chunk_size` examples,
 so memory stays bounded by the chunk, not the batch.
 """
 
-import keras
 import tensorflow as tf
 
 from keras_secondorder._validation import one_of, positive_int
+from keras_secondorder.curvature.bbprop import bbprop_diagonal
 from keras_secondorder.curvature.hessian import _hessian_product
 from keras_secondorder.curvature.objective import Objective, as_batches, batch_weights
 from keras_secondorder.curvature.output_losses import RNG, rows
+from keras_secondorder.curvature.output_space import penalty_diagonal
 
 _ZERO = tf.UnconnectedGradients.ZERO
-METHODS = ("ggn", "ggn_mc", "hutchinson", "empirical_fisher")
-_ELEMENTWISE_PENALTIES = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
+METHODS = ("ggn", "ggn_mc", "hutchinson", "empirical_fisher", "bbprop")
 
 
 def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=False, samples=1,
@@ -34,7 +35,8 @@ def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=F
             by batch size), as for `CurvatureOperator`.
         method: one of `"ggn"` (exact), `"ggn_mc"` (Monte-Carlo: labels drawn from the model's
             predictive distribution), `"hutchinson"` (`E[v * Hv]`, Rademacher `v`; any loss),
-            `"empirical_fisher"`. Defaults to `"ggn"`.
+            `"empirical_fisher"`, `"bbprop"` (LeCun's diagonal back-propagation, the cost of one
+            backward pass; chains of the layers `bbprop` lists). Defaults to `"ggn"`.
         loss, variables, training: see `Objective`.
         samples: Monte-Carlo draws (`"ggn_mc"`) or probes (`"hutchinson"`) per batch; the
             error falls as `1/sqrt(samples)`. Defaults to `1`.
@@ -67,6 +69,8 @@ def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=
     seed = tf.cast(seed, tf.int64)
     if method == "hutchinson":
         return _hutchinson(objective, batch, samples, seed)
+    if method == "bbprop":
+        return bbprop_diagonal(objective, batch)
     if method == "ggn":
         def factors(output_loss, z):
             return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
@@ -117,37 +121,8 @@ def _output_space_diagonal(objective, batch, factors, chunk_size):
         total = [t + tf.reduce_sum(tf.square(g), axis=0)
                  for t, g in zip(total, per_example, strict=True)]
     del tape
-    penalty = _penalty_diagonal(objective, params, num_losses=len(losses))
+    penalty = penalty_diagonal(objective, params, num_losses=len(losses))
     return total if penalty is None else [t + p for t, p in zip(total, penalty, strict=True)]
-
-
-def _penalty_diagonal(objective, params, num_losses):
-    """diag(∇²R) for elementwise weight penalties (L1, L2, L1L2), whose Hessian is diagonal."""
-    model = objective.model
-    regularized = [v for v in model.trainable_weights if v.regularizer is not None]
-    if num_losses == 0:
-        return None
-    if num_losses != len(regularized) or not all(
-        isinstance(v.regularizer, _ELEMENTWISE_PENALTIES) for v in regularized
-    ):
-        raise ValueError(
-            "The model's losses include terms other than elementwise weight penalties (L1, L2, "
-            "L1L2): activity regularizers, add_loss or other regularizers, whose Hessian is not "
-            "diagonal, so the GGN and Fisher diagonals cannot add it exactly. Use "
-            "method='hutchinson', which estimates the whole Hessian's diagonal."
-        )
-    regularizers = {id(v): v.regularizer for v in regularized}
-    ones = [tf.ones_like(p) for p in params]
-    # A diagonal Hessian applied to the ones vector is its diagonal.
-    with tf.autodiff.ForwardAccumulator(params, ones) as accumulator:
-        with tf.GradientTape() as tape:
-            tape.watch(params)
-            penalty = tf.add_n([tf.zeros((), params[0].dtype)] + [
-                tf.cast(regularizers[id(v)](p), p.dtype)
-                for v, p in zip(objective.variables, params, strict=True) if id(v) in regularizers
-            ])
-        grads = tape.gradient(penalty, params, unconnected_gradients=_ZERO)
-    return accumulator.jvp(grads, unconnected_gradients=_ZERO)
 
 
 def _hutchinson(objective, batch, samples, seed):

@@ -140,7 +140,7 @@ class Objective:
     def forward(self, params, x):
         """`(y_pred, losses)`: the model's outputs and `model.losses` at weights `params`."""
         kwargs = {"training": self.training} if self.model._call_has_training_arg else {}
-        with exact_second_derivatives():
+        with exact_second_derivatives(), computed_in_variable_dtype(self.model):
             y_pred, _, losses = self.model.stateless_call(
                 self._trainable_values(params), self._non_trainable_values(), x,
                 return_losses=True, **kwargs
@@ -241,6 +241,30 @@ def exact_second_derivatives():
         yield
     finally:
         backend_nn._compute_moments = original
+
+
+@contextlib.contextmanager
+def computed_in_variable_dtype(model):
+    """Runs mixed-precision layers in their variables' dtype (float32) while the context is open.
+
+    Under a `mixed_float16` policy, layers compute in float16, where squared first derivatives
+    and products of second derivatives underflow or overflow. Curvature is taken in float32: for
+    the duration of the context (a trace), each layer whose compute dtype differs from its
+    variable dtype gets the plain variable-dtype policy, so the forward pass runs in float32 on
+    the same float32 weights. Nothing changes for models that do not use mixed precision.
+    """
+    lifted = []
+    for layer in model._flatten_layers(include_self=True):
+        policy = layer._dtype_policy
+        if (type(policy) is keras.DTypePolicy  # Not a per-path map, not a quantized policy.
+                and policy.compute_dtype != policy.variable_dtype):
+            lifted.append((layer, layer._dtype_policy))
+            layer._dtype_policy = keras.DTypePolicy(policy.variable_dtype)
+    try:
+        yield
+    finally:
+        for layer, policy in lifted:
+            layer._dtype_policy = policy
 
 
 def overrides(model, method):

@@ -7,9 +7,12 @@ regularization terms, whose exact Hessian is added (for an L2 weight cost `0.5 �
 `λ I`, as in Martens 2010).
 """
 
+import keras
 import tensorflow as tf
+from keras.src.losses.loss import scale_loss_for_distribution
 
 _ZERO = tf.UnconnectedGradients.ZERO
+_ELEMENTWISE_PENALTIES = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
 
 
 def output_space_product(objective, batch, vector, output_product):
@@ -46,3 +49,34 @@ def output_space_product(objective, batch, vector, output_product):
         hessian_reg = accumulator.jvp(regularization_grads, unconnected_gradients=_ZERO)
         result = [a + b for a, b in zip(result, hessian_reg, strict=True)]
     return result
+
+
+def penalty_diagonal(objective, params, num_losses):
+    """diag(∇²R) for elementwise weight penalties (L1, L2, L1L2), whose Hessian is diagonal."""
+    model = objective.model
+    regularized = [v for v in model.trainable_weights if v.regularizer is not None]
+    if num_losses == 0:
+        return None
+    if num_losses != len(regularized) or not all(
+        isinstance(v.regularizer, _ELEMENTWISE_PENALTIES) for v in regularized
+    ):
+        raise ValueError(
+            "The model's losses include terms other than elementwise weight penalties (L1, L2, "
+            "L1L2): activity regularizers, add_loss or other regularizers, whose Hessian is not "
+            "diagonal, so the GGN and Fisher diagonals cannot add it exactly. Use "
+            "method='hutchinson', which estimates the whole Hessian's diagonal."
+        )
+    regularizers = {id(v): v.regularizer for v in regularized}
+    ones = [tf.ones_like(p) for p in params]
+    # A diagonal Hessian applied to the ones vector is its diagonal.
+    with tf.autodiff.ForwardAccumulator(params, ones) as accumulator:
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            penalty = tf.add_n([tf.zeros((), params[0].dtype)] + [
+                tf.cast(regularizers[id(v)](p), p.dtype)
+                for v, p in zip(objective.variables, params, strict=True) if id(v) in regularizers
+            ])
+        grads = tape.gradient(penalty, params, unconnected_gradients=_ZERO)
+    # Keras divides model.losses by the number of replicas under tf.distribute, as the loss.
+    return [scale_loss_for_distribution(d)
+            for d in accumulator.jvp(grads, unconnected_gradients=_ZERO)]

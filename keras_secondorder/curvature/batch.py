@@ -1,0 +1,74 @@
+"""The curvature of the current training batch: what the train step hands a curvature optimizer."""
+
+import tensorflow as tf
+
+from keras_secondorder.curvature.diagonal import batch_diagonal
+from keras_secondorder.curvature.fisher import _fisher_product
+from keras_secondorder.curvature.ggn import _ggn_product
+from keras_secondorder.curvature.hessian import _hessian_product
+from keras_secondorder.curvature.objective import Objective, as_batch
+
+
+class BatchCurvature:
+    """Products and diagonals of the training objective on one batch, at the current weights.
+
+    `keras_secondorder.Model`'s train step binds one to the optimizer for the duration of the
+    step (`CurvatureOptimizer.bind`); the optimizer asks it for what it needs, when it needs it,
+    inside the same traced step. The objective is exactly the one the step's gradient is taken
+    of (`compute_loss`, sample weights, regularizers) in training mode.
+
+    Under `tf.distribute`, each replica holds its share of the batch, and Keras scales each
+    replica's loss by `1 / num_replicas`; every result is summed across replicas here (as Keras
+    sums gradients), so it is the curvature of the whole global batch, identical on every
+    replica. Random probes must then be drawn from a seed shared by the replicas.
+
+    Args:
+        model: the Keras model being trained.
+        data: the batch, `(x, y)`, `(x, y, sample_weight)` or a `Batch`.
+        variables: the variables the optimizer updates, in its order. Defaults to `None`: all of
+            `model.trainable_variables`.
+        loss: a loss to use instead of the compiled one (see `Objective`). Defaults to `None`.
+    """
+
+    def __init__(self, model, data, variables=None, loss=None):
+        self.objective = Objective(model, loss=loss, variables=variables, training=True)
+        self.batch = as_batch(tuple(data))
+
+    @property
+    def model(self):
+        """The model being trained."""
+        return self.objective.model
+
+    @property
+    def variables(self):
+        """The variables the results are shaped like."""
+        return self.objective.variables
+
+    def batch_size(self):
+        """The number of examples in the global batch (summed over replicas)."""
+        size = tf.shape(tf.nest.flatten(self.batch.x)[0])[0]
+        return _sum_over_replicas([size])[0]
+
+    def hessian_vector_product(self, vector):
+        """`v -> H v`, the exact Hessian product (indefinite)."""
+        return _sum_over_replicas(_hessian_product(self.objective, self.batch, vector))
+
+    def gauss_newton_vector_product(self, vector):
+        """`v -> G v`, the generalized Gauss-Newton product (positive semi-definite)."""
+        return _sum_over_replicas(_ggn_product(self.objective, self.batch, vector))
+
+    def fisher_vector_product(self, vector):
+        """`v -> F v`, the empirical Fisher product."""
+        return _sum_over_replicas(_fisher_product(self.objective, self.batch, vector))
+
+    def diagonal(self, method="ggn", samples=1, seed=(0, 0)):
+        """A diagonal estimate (see `keras_secondorder.curvature.diagonal` for the methods)."""
+        return _sum_over_replicas(batch_diagonal(self.objective, self.batch, method,
+                                                 samples=samples, seed=seed))
+
+
+def _sum_over_replicas(values):
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return list(values)
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, list(values))

@@ -1,0 +1,238 @@
+"""Becker-LeCun diagonal back-propagation ("bbprop") of the Gauss-Newton diagonal.
+
+A layer computes `a = A(x; w)` (its pre-activation, affine in `x` and in `w`) and `y = f(a)`
+(elementwise). Back-propagating second derivatives with the square-Jacobian (Gauss-Newton)
+approximation of Becker & LeCun (1989) and LeCun et al. (1998):
+
+    h_a = f'(a)² ⊙ h_y                 (drops f''(a) ∂E/∂y: the Gauss-Newton part)
+    h_x = (∂a/∂x)^⊙2ᵀ h_a              (squared Jacobian; drops cross terms between paths)
+    h_w = (∂a/∂w)^⊙2ᵀ h_a              (a shared weight sums over its connections)
+
+starting from the diagonal of the loss Hessian at the outputs `z`, `h_z = c_n diag(H_n)`
+(`output_losses`). In Dense, convolution and sum-pooling layers every Jacobian entry is a single
+weight (`∂a/∂x`) or a single input (`∂a/∂w`), so the squared Jacobians are the layer's own
+vector-Jacobian products with squared weights and squared inputs:
+
+    (∂a/∂x)^⊙2ᵀ h = VJP_x[x -> A(x; w ⊙ w)](h),    (∂a/∂w)^⊙2ᵀ h = VJP_w[w -> A(x ⊙ x; w)](h).
+
+One bbprop costs about one backward pass. It equals the exact Gauss-Newton diagonal when each
+weight reaches a single output through a single path (one Dense layer, any matching loss), and
+approximates it otherwise (the cross terms it drops; `tests/curvature/test_bbprop.py` measures
+the gap).
+
+Supported: a chain of layers (Sequential, or a functional model without branches) made of
+`Dense`, convolutions (`Conv1D/2D/3D` and transposed), LeNet's `TrainableSubsampling` and
+`ConnectionTableConv2D`, max and average pooling (`padding="valid"` for average), global
+pooling, `Flatten`, `Reshape`, `Permute`, padding, cropping, `Dropout` and `Activation`, with
+elementwise activations (softmax only as the last activation, where the objective splits at its
+logits). `unsupported_reason(model)` tells why a model is not covered.
+"""
+
+import contextlib
+import math
+
+import keras
+import tensorflow as tf
+from keras.src.layers.convolutional.base_conv import BaseConv
+from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
+from keras.src.layers.pooling.base_global_pooling import BaseGlobalPooling
+from keras.src.layers.pooling.base_pooling import BasePooling
+from keras.src.models.functional import Functional
+
+from keras_secondorder.curvature.output_losses import rows
+from keras_secondorder.curvature.output_space import penalty_diagonal
+from keras_secondorder.models.lenet import TrainableSubsampling
+
+_ZERO = tf.UnconnectedGradients.ZERO
+# Layers affine in their input and in their weights, with an `activation` applied after.
+_AFFINE = (keras.layers.Dense, BaseConv, BaseConvTranspose, TrainableSubsampling,
+           keras.layers.Activation)
+# Layers linear in their input whose Jacobian entries are 0, 1 or one constant.
+_LINEAR = (
+    BasePooling, BaseGlobalPooling, keras.layers.Dropout,
+    keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute,
+    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D,
+    keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D,
+)
+_GLOBAL_AVERAGE = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
+                   keras.layers.GlobalAveragePooling3D)
+_NOT_ELEMENTWISE = (keras.activations.softmax, keras.activations.log_softmax)
+
+
+def unsupported_reason(model):
+    """Why bbprop does not cover `model`, or `None` when it does."""
+    try:
+        _chain(model)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def bbprop_diagonal(objective, batch):
+    """The bbprop Gauss-Newton diagonal on one `Batch`, shaped like `objective.variables`.
+
+    Raises:
+        ValueError: the model is not covered (see `unsupported_reason`).
+    """
+    model = objective.model
+    layers = _chain(model)
+    params = objective.params()
+    values = dict(zip((id(v) for v in model.trainable_variables),
+                      objective._trainable_values(params), strict=True))
+    # Forward: each layer's input and pre-activation.
+    x = tf.nest.flatten(batch.x)[0]
+    records, num_losses = [], 0
+    for layer in layers:
+        call = _PreActivation(layer, objective.training)
+        weights = [values[id(v)] for v in layer.trainable_variables]
+        pre_activation, losses = call(weights, x)
+        num_losses += len(losses)
+        records.append((layer, call, weights, x, pre_activation))
+        x = layer.activation(pre_activation) if isinstance(layer, _AFFINE) else pre_activation
+    output_loss = objective.output_loss(batch, x)
+    z = output_loss.split(x)
+    at_logits = z is not x  # The split is before the last activation (softmax, sigmoid).
+    if at_logits and z is not records[-1][4]:
+        raise ValueError(
+            f"bbprop could not find the logits of the last layer {layers[-1].name!r}: make the "
+            "softmax/sigmoid that layer's activation, or output logits (from_logits=True)."
+        )
+    # h_z = c_n diag(H_n) = c_n sum_k S_nk²: the loss Hessian's diagonal in output space.
+    z_rows = tf.stop_gradient(rows(z))
+    row_weights = output_loss.row_weights(batch.y, z_rows, batch.sample_weight)
+    diagonal_h = tf.add_n([tf.square(output_loss.hessian_sqrt_column(z_rows, k))
+                           for k in range(z_rows.shape[-1])])
+    h = tf.reshape(row_weights[:, None] * diagonal_h, tf.shape(z))
+    # Backward, layer by layer.
+    diagonals = {}
+    for index in reversed(range(len(records))):
+        layer, call, weights, x, pre_activation = records[index]
+        if isinstance(layer, _AFFINE) and not (at_logits and index == len(records) - 1):
+            h = tf.square(_derivative(layer, pre_activation)) * h  # h_a = f'(a)² h_y
+        if weights:
+            diagonals.update(zip((id(v) for v in layer.trainable_variables),
+                                 call.weight_curvature(weights, x, h), strict=True))
+        if index > 0:
+            h = call.input_curvature(weights, x, h) * _constant_entry(layer, x,
+                                                                      objective.training)
+    result = [diagonals.get(id(v), tf.zeros_like(p))
+              for v, p in zip(objective.variables, params, strict=True)]
+    penalty = penalty_diagonal(objective, params, num_losses)
+    return result if penalty is None else [r + p for r, p in zip(result, penalty, strict=True)]
+
+
+class _PreActivation:
+    """`(weights, x) -> (A(x; weights), losses)`: the layer without its activation."""
+
+    def __init__(self, layer, training):
+        self.layer = layer
+        self.state = [v.value for v in layer.non_trainable_variables]
+        self.kwargs = {"training": training} if layer._call_has_training_arg else {}
+
+    def __call__(self, weights, x):
+        with _linear_activation(self.layer):
+            y, _, losses = self.layer.stateless_call(weights, self.state, x, return_losses=True,
+                                                     **self.kwargs)
+        return y, losses
+
+    def weight_curvature(self, weights, x, h):
+        """`h_w = VJP_w[w -> A(x ⊙ x; w)](h_a)`."""
+        squared_inputs = tf.square(x)
+        return _vjp(lambda w: self(w, squared_inputs)[0], weights, h)
+
+    def input_curvature(self, weights, x, h):
+        """`h_x = VJP_x[x -> A(x; w ⊙ w)](h_a)`."""
+        squared_weights = [tf.square(w) for w in weights]
+        return _vjp(lambda inputs: self(squared_weights, inputs[0])[0], [x], h)[0]
+
+
+@contextlib.contextmanager
+def _linear_activation(layer):
+    if not isinstance(layer, _AFFINE):
+        yield
+        return
+    activation = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        yield
+    finally:
+        layer.activation = activation
+
+
+def _vjp(function, primals, cotangent):
+    with tf.GradientTape() as tape:
+        tape.watch(primals)
+        output = function(primals)
+    return tape.gradient(output, primals, output_gradients=cotangent, unconnected_gradients=_ZERO)
+
+
+def _derivative(layer, pre_activation):
+    """`f'(a)` of an elementwise activation: the gradient of `sum(f(a))`."""
+    if layer.activation in _NOT_ELEMENTWISE:
+        raise ValueError(
+            f"bbprop needs elementwise activations; layer {layer.name!r} applies "
+            f"{layer.activation.__name__} other than as the last activation before a matching "
+            "cross-entropy loss."
+        )
+    return _vjp(lambda a: layer.activation(a[0]), [pre_activation],
+                tf.ones_like(pre_activation))[0]
+
+
+def _constant_entry(layer, x, training):
+    """`c` for layers whose nonzero Jacobian entries all equal `c`: `(c J)^⊙2 = c (c J)`."""
+    if isinstance(layer, BasePooling) and layer.pool_mode == "average":
+        return 1.0 / math.prod(layer.pool_size)
+    if isinstance(layer, _GLOBAL_AVERAGE):
+        spatial = (tf.shape(x)[2:] if layer.data_format == "channels_first"
+                   else tf.shape(x)[1:-1])
+        return 1.0 / tf.cast(tf.reduce_prod(spatial), x.dtype)
+    if isinstance(layer, keras.layers.Dropout) and training:
+        return 1.0 / (1.0 - layer.rate)
+    return 1.0
+
+
+def _chain(model):
+    """The model's layers in order, checked to form a supported chain (ValueError otherwise)."""
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ValueError(
+            f"bbprop needs a Sequential or functional model; {type(model).__name__} is "
+            "subclassed, so its layer graph is not known."
+        )
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError("bbprop needs a model with one input and one output.")
+    layers, previous = [], model.inputs[0]
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        _check_layer(layer)
+        if len(layer._inbound_nodes) != 1 or layer.input is not previous:
+            raise ValueError(
+                f"bbprop needs the layers to form a chain; layer {layer.name!r} is shared or "
+                "reads something other than the previous layer's output."
+            )
+        layers.append(layer)
+        previous = layer.output
+    if not layers or previous is not model.outputs[0]:
+        raise ValueError("bbprop needs the last layer's output to be the model's output.")
+    for layer in layers[:-1]:
+        if isinstance(layer, _AFFINE) and layer.activation in _NOT_ELEMENTWISE:
+            raise ValueError(
+                f"bbprop needs elementwise activations; layer {layer.name!r} applies "
+                f"{layer.activation.__name__} before the last layer."
+            )
+    return layers
+
+
+def _check_layer(layer):
+    # A subclass that overrides `call` may compute anything: only the known computations pass.
+    known = any(isinstance(layer, base) and type(layer).call is base.call
+                for base in _AFFINE + _LINEAR)
+    average_same = (isinstance(layer, BasePooling) and layer.pool_mode == "average"
+                    and layer.padding != "valid")
+    if not known or average_same:
+        raise ValueError(
+            f"bbprop does not support layer {layer.name!r} ({type(layer).__name__}"
+            f"{', padding=same' if average_same else ''}); it supports Dense, convolutions, "
+            "max and (valid) average pooling, global pooling, Flatten, Reshape, Permute, "
+            "padding, cropping, Dropout and Activation layers."
+        )

@@ -1,0 +1,159 @@
+"""LeCun's stochastic diagonal Levenberg-Marquardt method (SDLM)."""
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from keras_secondorder._validation import one_of, positive_int
+from keras_secondorder.curvature import bbprop
+from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
+
+DIAGONALS = ("bbprop", "ggn", "ggn_mc")
+
+
+@keras.saving.register_keras_serializable(package="keras_secondorder")
+class SDLM(CurvatureOptimizer):
+    """Stochastic diagonal Levenberg-Marquardt: a per-weight learning rate from the curvature.
+
+    Each weight `w_k` gets its own rate from a running estimate `h_kk` of the diagonal of the
+    Gauss-Newton matrix (the positive part of the Hessian, what Levenberg-Marquardt uses):
+
+    ```
+    h_k <- (1 - gamma_b) h_k + gamma_b h_k(batch)      on estimation steps
+    w_k <- w_k - epsilon / (h_k + mu) * g_k            on every step once h is estimated
+    ```
+
+    `gamma` is LeCun's per-pattern memory constant; a batch of `b` examples counts as `b`
+    patterns, `gamma_b = 1 - (1 - gamma)^b`, and the first estimate is the plain mean over its
+    batches. As for LeNet-5 (LeCun et al. 1998), `h` is estimated on `curvature_samples`
+    examples (the consecutive batches that hold them) before the first weight update, then
+    re-estimated on as many examples every `reestimate_every` steps; in between, steps cost what
+    an SGD step costs. `mu` keeps the rate bounded where the curvature is tiny and plays the role
+    of Levenberg-Marquardt damping: the step interpolates between Newton's (`h >> mu`) and
+    gradient descent at rate `epsilon / mu` (`h << mu`).
+
+    Use it with `keras_secondorder.Model` (or `keras_secondorder.wrap(model)`), whose train step
+    gives the optimizer the batch's curvature.
+
+    Args:
+        learning_rate: `epsilon`, a float or a `keras.optimizers.schedules.LearningRateSchedule`.
+            Defaults to `0.01`.
+        mu: the damping added to every `h_kk` (`>= 0`). Defaults to `0.02` (LeNet-5's value).
+        gamma: the per-pattern memory of the running average, in `(0, 1]`; `1` keeps only the
+            latest batch's estimate. Defaults to `0.01`.
+        curvature_samples: examples each estimate of `h` covers. Defaults to `500`.
+        reestimate_every: steps between the starts of two estimates (e.g. the steps of an epoch
+            for LeCun's once-per-pass); `None` estimates once, before the first step. Defaults to
+            `1000`.
+        diagonal: how `h(batch)` is computed: `"bbprop"` (Becker-LeCun diagonal back-propagation,
+            about one backward pass; models it does not cover fall back to `"ggn"` with a
+            warning, see `keras_secondorder.curvature.bbprop`), `"ggn"` (the exact diagonal,
+            one backward pass per example and output) or `"ggn_mc"` (Monte-Carlo, one per example
+            and sample). Defaults to `"bbprop"`.
+        diagonal_samples: the Monte-Carlo samples of `"ggn_mc"`. Defaults to `1`.
+        seed: integer seed of `"ggn_mc"`'s draws. Defaults to `0`.
+        **kwargs: the base optimizer's arguments (`clipnorm`, `clipvalue`, `weight_decay`,
+            `gradient_accumulation_steps`, `use_ema`, `loss_scale_factor`, `name`, ...).
+
+    References:
+        - LeCun, Bottou, Bengio, Haffner, 1998: Gradient-based learning applied to document
+          recognition (appendix C).
+        - LeCun, Bottou, Orr, Müller, 1998: Efficient BackProp (section 9.1).
+        - Becker, LeCun, 1989: Improving the convergence of back-propagation learning with
+          second order methods.
+    """
+
+    def __init__(self, learning_rate=0.01, mu=0.02, gamma=0.01, curvature_samples=500,
+                 reestimate_every=1000, diagonal="bbprop", diagonal_samples=1, seed=0,
+                 name="sdlm", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if not isinstance(mu, (int, float)) or isinstance(mu, bool) or not mu >= 0:
+            raise ValueError(f"`mu` must be a number >= 0; received {mu!r}.")
+        if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not 0 < gamma <= 1:
+            raise ValueError(f"`gamma` must be a number in (0, 1]; received {gamma!r}.")
+        positive_int(curvature_samples, "curvature_samples")
+        if reestimate_every is not None:
+            positive_int(reestimate_every, "reestimate_every")
+        one_of(diagonal, "diagonal", DIAGONALS)
+        positive_int(diagonal_samples, "diagonal_samples")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"`seed` must be an integer; received {seed!r}.")
+        self.mu = float(mu)
+        self.gamma = float(gamma)
+        self.curvature_samples = curvature_samples
+        self.reestimate_every = reestimate_every
+        self.diagonal = diagonal
+        self.diagonal_samples = diagonal_samples
+        self.seed = seed
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._curvatures = self.add_optimizer_variables(variables, "curvature")
+
+    def curvature_statistics(self, curvature, gradients, variables):
+        # Estimation steps: the first ceil(curvature_samples / b) of every period.
+        step = tf.cast(self.iterations, tf.int64)
+        batch = tf.cast(curvature.batch_size(), tf.int64)
+        window = (self.curvature_samples + batch - 1) // batch
+        position = step if self.reestimate_every is None else step % self.reestimate_every
+        estimating = position < window
+        dtype = variables[0].dtype
+        method = self._method(curvature.model)
+
+        def estimate():
+            diagonal = curvature.diagonal(method, samples=self.diagonal_samples,
+                                          seed=tf.stack([tf.constant(self.seed, tf.int64), step]))
+            return [tf.cast(d, dtype) for d in diagonal]
+
+        batch_diagonal = tf.cond(estimating, estimate,
+                                 lambda: [tf.zeros(v.shape, dtype) for v in variables])
+        patterns = tf.cast(batch, dtype)
+        blend = 1.0 - tf.pow(1.0 - tf.cast(self.gamma, dtype), patterns)
+        # The first estimate is the mean of its batches: weight 1/(t+1) for its batch t.
+        first_mean = 1.0 / tf.cast(step + 1, dtype)
+        blend = tf.where(step < window, tf.maximum(blend, first_mean), blend)
+        blend = tf.where(estimating, blend, tf.zeros_like(blend))
+        ready = step >= window - 1
+        return [(d, blend, ready) for d in batch_diagonal]
+
+    def curvature_update_step(self, gradient, variable, learning_rate, statistic):
+        batch_diagonal, blend, ready = statistic
+        h = self._curvatures[self._get_variable_index(variable)]
+        self.assign(h, (1.0 - blend) * h + blend * batch_diagonal)
+        learning_rate = tf.cast(learning_rate, variable.dtype)
+        step = learning_rate * tf.cast(gradient, variable.dtype) / (h + self.mu)
+        self.assign_sub(variable, tf.where(ready, step, tf.zeros_like(step)))
+
+    def diagnostics(self):
+        """`skipped_steps` and the mean and spread of the per-weight rates `epsilon/(h + mu)`."""
+        rates = [tf.reshape(tf.cast(self.learning_rate, h.dtype) / (h + self.mu), [-1])
+                 for h in self._curvatures]
+        rates = tf.concat(rates, axis=0)
+        mean, variance = tf.nn.moments(rates, axes=[0])
+        return {**super().diagnostics(), "rate_mean": mean, "rate_std": tf.sqrt(variance)}
+
+    def _method(self, model):
+        if self.diagonal != "bbprop":
+            return self.diagonal
+        reason = bbprop.unsupported_reason(model)
+        if reason is None:
+            return "bbprop"
+        warnings.warn(f"SDLM falls back to the exact Gauss-Newton diagonal (diagonal='ggn'): "
+                      f"{reason}", stacklevel=2)
+        return "ggn"
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "mu": self.mu,
+            "gamma": self.gamma,
+            "curvature_samples": self.curvature_samples,
+            "reestimate_every": self.reestimate_every,
+            "diagonal": self.diagonal,
+            "diagonal_samples": self.diagonal_samples,
+            "seed": self.seed,
+        })
+        return config

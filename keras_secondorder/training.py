@@ -1,0 +1,85 @@
+"""`keras_secondorder.Model`: a `keras.Model` whose train step gives the optimizer curvature."""
+
+import keras
+from keras.src.models.functional import Functional
+from keras.src.models.model import functional_init_arguments
+from keras.src.saving import object_registration
+from keras.src.trainers.data_adapters import data_adapter_utils
+
+from keras_secondorder.curvature.batch import BatchCurvature
+from keras_secondorder.optimizers.curvature_optimizer import bound_optimizer
+
+_FUNCTIONAL_CLASSES = {}
+
+
+@keras.saving.register_keras_serializable(package="keras_secondorder")
+class Model(keras.Model):
+    """A `keras.Model` whose train step hands curvature optimizers the current batch.
+
+    Build it like a `keras.Model`: functionally, `Model(inputs, outputs)`, or by subclassing
+    (`class Net(keras_secondorder.Model)` with `call`). For an existing Sequential or functional
+    model use `keras_secondorder.wrap(model)`.
+
+    With a `CurvatureOptimizer` (`SDLM`, `EquilibratedSGD`, ...), each train step binds a
+    `BatchCurvature` (the model, the loss as `compute_loss` defines it, and the batch's `x`, `y`
+    and `sample_weight`) to the optimizer while it applies the gradients, and adds the
+    optimizer's diagnostics (`skipped_steps`, `rate_mean`, ...) to the logs, where History,
+    CSVLogger and TensorBoard record them. With any other optimizer the step is exactly
+    `keras.Model`'s. Everything else is `keras.Model`'s: metrics, `validation_data`, callbacks,
+    `steps_per_execution`, `jit_compile`, `.keras` saving, `export`, `tf.distribute`.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        # Keras turns a Model subclass built from (inputs, outputs) into a Functional one by
+        # rewriting the class's bases for good, which would break the subclassing use of this
+        # class afterwards; a per-class (cls, Functional) subclass does the same job locally.
+        if functional_init_arguments(args, kwargs) and not issubclass(cls, Functional):
+            cls = _functional_class(cls)
+        return super().__new__(cls)
+
+    def train_step(self, data):
+        optimizer = bound_optimizer(self.optimizer)
+        if optimizer is None:
+            return super().train_step(data)
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        curvature = BatchCurvature(self, (x, y, sample_weight), self.trainable_variables)
+        with optimizer.bind(curvature):
+            logs = super().train_step(data)
+        return {**logs, **optimizer.diagnostics()}
+
+
+def _functional_class(cls):
+    if cls not in _FUNCTIONAL_CLASSES:
+        functional = type(cls.__name__, (cls, Functional),
+                          {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        # Saved under the name of the class the user wrote, which reloads through __new__.
+        name = object_registration.GLOBAL_CUSTOM_NAMES.get(cls)
+        if name is not None:
+            object_registration.GLOBAL_CUSTOM_NAMES[functional] = name
+        _FUNCTIONAL_CLASSES[cls] = functional
+    return _FUNCTIONAL_CLASSES[cls]
+
+
+def wrap(model):
+    """A `keras_secondorder.Model` on the layers (and weights) of a Sequential or functional model.
+
+    The result shares every layer and variable with `model`: training one trains the other.
+    Compile the result (it starts uncompiled).
+
+    Raises:
+        ValueError: `model` is subclassed (its graph of layers is unknown); subclass
+            `keras_secondorder.Model` instead of `keras.Model`.
+    """
+    if isinstance(model, Model):
+        return model
+    if not isinstance(model, (keras.Sequential, Functional)):
+        raise ValueError(
+            f"wrap() takes a Sequential or functional model; {type(model).__name__} is "
+            "subclassed. Make it subclass keras_secondorder.Model instead of keras.Model."
+        )
+    if not model.built or not model.inputs:
+        raise ValueError(
+            f"Model {model.name!r} has no inputs yet. Start it with keras.Input(...) or call it "
+            "on a batch before wrapping it."
+        )
+    return Model(model.inputs, model.outputs, name=model.name)
