@@ -82,4 +82,7 @@ def wrap(model):
             f"Model {model.name!r} has no inputs yet. Start it with keras.Input(...) or call it "
             "on a batch before wrapping it."
         )
-    return Model(model.inputs, model.outputs, name=model.name)
+    if isinstance(model, keras.Sequential):  # One input, one output: keep them unlisted.
+        return Model(model.inputs[0], model.outputs[0], name=model.name)
+    # The functional model's own structure (a tensor, list or dict), so signatures match.
+    return Model(model._inputs_struct, model._outputs_struct, name=model.name)

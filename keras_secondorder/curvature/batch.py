@@ -18,9 +18,12 @@ class BatchCurvature:
     of (`compute_loss`, sample weights, regularizers) in training mode.
 
     Under `tf.distribute`, each replica holds its share of the batch, and Keras scales each
-    replica's loss by `1 / num_replicas`; every result is summed across replicas here (as Keras
-    sums gradients), so it is the curvature of the whole global batch, identical on every
-    replica. Random probes must then be drawn from a seed shared by the replicas.
+    replica's loss by `1 / num_replicas`; every result is summed across replicas (as Keras sums
+    gradients), so it is the curvature of the whole global batch, identical on every replica.
+    Random probes must then be drawn from a seed shared by the replicas. `tf.distribute` cannot
+    synchronize replicas inside `tf.cond` or `tf.while_loop`: there, pass
+    `sum_over_replicas=False` and call `sum_over_replicas` on the results after the control
+    flow.
 
     Args:
         model: the Keras model being trained.
@@ -47,28 +50,32 @@ class BatchCurvature:
     def batch_size(self):
         """The number of examples in the global batch (summed over replicas)."""
         size = tf.shape(tf.nest.flatten(self.batch.x)[0])[0]
-        return _sum_over_replicas([size])[0]
+        return self.sum_over_replicas([size])[0]
 
-    def hessian_vector_product(self, vector):
+    def hessian_vector_product(self, vector, sum_over_replicas=True):
         """`v -> H v`, the exact Hessian product (indefinite)."""
-        return _sum_over_replicas(_hessian_product(self.objective, self.batch, vector))
+        return self._result(_hessian_product(self.objective, self.batch, vector), sum_over_replicas)
 
-    def gauss_newton_vector_product(self, vector):
+    def gauss_newton_vector_product(self, vector, sum_over_replicas=True):
         """`v -> G v`, the generalized Gauss-Newton product (positive semi-definite)."""
-        return _sum_over_replicas(_ggn_product(self.objective, self.batch, vector))
+        return self._result(_ggn_product(self.objective, self.batch, vector), sum_over_replicas)
 
-    def fisher_vector_product(self, vector):
+    def fisher_vector_product(self, vector, sum_over_replicas=True):
         """`v -> F v`, the empirical Fisher product."""
-        return _sum_over_replicas(_fisher_product(self.objective, self.batch, vector))
+        return self._result(_fisher_product(self.objective, self.batch, vector), sum_over_replicas)
 
-    def diagonal(self, method="ggn", samples=1, seed=(0, 0)):
+    def diagonal(self, method="ggn", samples=1, seed=(0, 0), sum_over_replicas=True):
         """A diagonal estimate (see `keras_secondorder.curvature.diagonal` for the methods)."""
-        return _sum_over_replicas(batch_diagonal(self.objective, self.batch, method,
-                                                 samples=samples, seed=seed))
+        return self._result(batch_diagonal(self.objective, self.batch, method, samples=samples,
+                                           seed=seed), sum_over_replicas)
 
+    @staticmethod
+    def sum_over_replicas(values):
+        """`values` (a list of tensors) summed over the replicas in sync (as they are alone)."""
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return list(values)
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
 
-def _sum_over_replicas(values):
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return list(values)
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
+    def _result(self, values, sum_over_replicas):
+        return self.sum_over_replicas(values) if sum_over_replicas else list(values)

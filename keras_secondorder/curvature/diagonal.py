@@ -14,11 +14,12 @@ so memory stays bounded by the chunk, not the batch.
 
 import tensorflow as tf
 
+from keras_secondorder import _random as random
 from keras_secondorder._validation import one_of, positive_int
 from keras_secondorder.curvature.bbprop import bbprop_diagonal
 from keras_secondorder.curvature.hessian import _hessian_product
 from keras_secondorder.curvature.objective import Objective, as_batches, batch_weights
-from keras_secondorder.curvature.output_losses import RNG, rows
+from keras_secondorder.curvature.output_losses import rows
 from keras_secondorder.curvature.output_space import penalty_diagonal
 
 _ZERO = tf.UnconnectedGradients.ZERO
@@ -133,10 +134,8 @@ def _hutchinson(objective, batch, samples, seed):
         probe_seed = tf.stack([seed[0], seed[1] * samples + tf.cast(index, tf.int64)])
         probes = []
         for position, p in enumerate(params):
-            draw = tf.random.stateless_uniform(
-                tf.shape(p), probe_seed + [0, 7919 * (position + 1)], maxval=2, dtype=tf.int32,
-                alg=RNG)
-            probes.append(tf.cast(2 * draw - 1, p.dtype))
+            probes.append(random.rademacher(tf.shape(p), probe_seed + [0, 7919 * (position + 1)],
+                                            p.dtype))
         products = _hessian_product(objective, batch, probes)
         return index + 1, [t + v * hv for t, v, hv in zip(total, probes, products, strict=True)]
 

@@ -19,9 +19,7 @@ import tensorflow as tf
 # Keras's reduction of per-example losses (sample weights, masks, reduction modes).
 from keras.src.losses.loss import reduce_weighted_values
 
-# One random-number algorithm on every device and under XLA, so a seed gives the same draws
-# everywhere (TF's default, "auto_select", differs between devices and XLA).
-RNG = "philox"
+from keras_secondorder import _random as random
 
 
 class OutputLoss:
@@ -149,7 +147,7 @@ class CrossEntropy(OutputLoss):
         """`p - e_y`, `y ~ Cat(p)`: `E[(p - e_y)(p - e_y)ᵀ] = diag(p) - p pᵀ`."""
         # y is drawn by inverting the CDF: XLA has no kernel for tf.random.stateless_categorical.
         p = tf.nn.softmax(z)
-        uniform = tf.random.stateless_uniform(tf.shape(p)[:1], seed, dtype=p.dtype, alg=RNG)
+        uniform = random.uniform(tf.shape(p)[:1], seed, dtype=p.dtype)
         below = tf.cast(tf.cumsum(p, axis=-1)[:, :-1] < uniform[:, None], tf.int32)
         return p - tf.one_hot(tf.reduce_sum(below, axis=-1), tf.shape(p)[-1], dtype=p.dtype)
 
@@ -182,7 +180,7 @@ class BinaryCrossEntropy(OutputLoss):
     def sample_hessian_sqrt(self, z, seed):
         """`(p - y) / √C`, `y ~ Bernoulli(p)`: `E[(p - y)²] / C = p (1 - p) / C`."""
         p, _ = self._curvature(z)
-        uniform = tf.random.stateless_uniform(tf.shape(p), seed, dtype=p.dtype, alg=RNG)
+        uniform = random.uniform(tf.shape(p), seed, dtype=p.dtype)
         draws = tf.cast(uniform < p, p.dtype)
         return (p - draws) / tf.sqrt(tf.cast(tf.shape(z)[-1], z.dtype))
 
@@ -206,7 +204,7 @@ class MeanSquaredError(OutputLoss):
 
     def sample_hessian_sqrt(self, z, seed):
         """`√(2 / C) ε`, `ε ~ N(0, I)`: `E[r rᵀ] = (2 / C) I`."""
-        noise = tf.random.stateless_normal(tf.shape(z), seed, dtype=z.dtype, alg=RNG)
+        noise = random.normal(tf.shape(z), seed, dtype=z.dtype)
         return tf.sqrt(self._scale(z)) * noise
 
 

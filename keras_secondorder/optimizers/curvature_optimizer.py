@@ -1,6 +1,7 @@
 """The base of optimizers that use the curvature of the current batch inside `model.fit`."""
 
 import contextlib
+import threading
 
 import keras
 import tensorflow as tf
@@ -29,7 +30,9 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
 
     def __init__(self, learning_rate, name, **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self._curvature = None
+        # MirroredStrategy traces each replica's step in its own thread, concurrently: each
+        # thread binds its own replica's batch.
+        self._bound = threading.local()
 
     def build(self, variables):
         if self.built:
@@ -42,11 +45,15 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
     @contextlib.contextmanager
     def bind(self, curvature):
         """Makes `curvature` (a `BatchCurvature`) the batch the next steps take curvature on."""
-        previous, self._curvature = self._curvature, curvature
+        previous = self._bound_curvature()
+        self._bound.curvature = curvature
         try:
             yield self
         finally:
-            self._curvature = previous
+            self._bound.curvature = previous
+
+    def _bound_curvature(self):
+        return getattr(self._bound, "curvature", None)
 
     def curvature_statistics(self, curvature, gradients, variables):
         """Per-variable statistics of the batch's curvature, one tensor per variable.
@@ -73,13 +80,14 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
         raise ValueError(_MISSING_CURVATURE.format(name=type(self).__name__))
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if self._curvature is None:
+        curvature = self._bound_curvature()
+        if curvature is None:
             raise ValueError(_MISSING_CURVATURE.format(name=type(self).__name__))
         variables = [v.value if isinstance(v, backend.Variable) else v
                      for v in trainable_variables]
         pairs = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
         grads = [g for g, _ in pairs]
-        statistics = self.curvature_statistics(self._curvature, grads, trainable_variables)
+        statistics = self.curvature_statistics(curvature, grads, trainable_variables)
         values = grads + [t for t in tf.nest.flatten(statistics) if t.dtype.is_floating]
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in values])
         tf.__internal__.distribute.interim.maybe_merge_call(
@@ -98,13 +106,18 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
             distribution.extended.update(variable, update,
                                          args=(gradient, statistic, finite, learning_rate),
                                          group=False)
-        skipped = 1.0 - tf.cast(finite, self.skipped_steps.dtype)
-        counters = [(self.skipped_steps, skipped)] + [
-            (counter, tf.where(finite, tf.cast(increment, counter.dtype), 0.0))
-            for counter, increment in self.curvature_counters(statistics)]
-        for counter, increment in counters:
-            distribution.extended.update(counter.value, lambda c, i: c.assign_add(i),
-                                         args=(increment,), group=False)
+        # Per-replica values (finite, increments) are only read inside the update functions.
+        def count(counter, increment, finite):
+            counter.assign_add(tf.where(finite, tf.cast(increment, counter.dtype), 0.0))
+
+        def count_skipped(counter, finite):
+            counter.assign_add(1.0 - tf.cast(finite, counter.dtype))
+
+        distribution.extended.update(self.skipped_steps.value, count_skipped, args=(finite,),
+                                     group=False)
+        for counter, increment in self.curvature_counters(statistics):
+            distribution.extended.update(counter.value, count, args=(increment, finite),
+                                         group=False)
 
 
 def bound_optimizer(optimizer):

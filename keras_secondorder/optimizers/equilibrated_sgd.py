@@ -3,8 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_secondorder import _random as random
 from keras_secondorder._validation import one_of, positive_int
-from keras_secondorder.curvature.output_losses import RNG
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
 
 PRECONDITIONERS = ("equilibration", "jacobi", "rmsprop")
@@ -94,15 +94,18 @@ class EquilibratedSGD(CurvatureOptimizer):
         if self.preconditioner == "rmsprop":
             estimates = [tf.square(tf.cast(g, dtype)) for g in gradients]
         else:
-            def estimate():
-                probes = self._probes(variables, step)
-                products = curvature.hessian_vector_product(probes)
-                if self.preconditioner == "equilibration":
-                    return [tf.square(tf.cast(p, dtype)) for p in products]
-                return [v * tf.cast(p, dtype) for v, p in zip(probes, products, strict=True)]
-
-            estimates = tf.cond(refresh, estimate,
-                                lambda: [tf.zeros(v.shape, dtype) for v in variables])
+            probes = self._probes(variables, step)
+            # The replicas' products are summed outside the cond (tf.distribute cannot sync
+            # inside), and squared only after the sum: E[(Hv)²] is of the global batch's H.
+            products = curvature.sum_over_replicas(tf.cond(
+                refresh,
+                lambda: curvature.hessian_vector_product(probes, sum_over_replicas=False),
+                lambda: [tf.zeros(v.shape, v.dtype) for v in variables]))
+            products = [tf.cast(p, dtype) for p in products]
+            if self.preconditioner == "equilibration":
+                estimates = [tf.square(p) for p in products]
+            else:
+                estimates = [v * p for v, p in zip(probes, products, strict=True)]
         return [(d, refresh) for d in estimates]
 
     def _probes(self, variables, step):
@@ -110,13 +113,8 @@ class EquilibratedSGD(CurvatureOptimizer):
         for position, variable in enumerate(variables):
             # One seed per step and variable, shared by all replicas.
             seed = tf.stack([tf.constant(self.seed, tf.int64), step * 1009 + position])
-            if self.preconditioner == "equilibration":
-                probes.append(tf.random.stateless_normal(variable.shape, seed,
-                                                         dtype=variable.dtype, alg=RNG))
-            else:
-                signs = tf.random.stateless_uniform(variable.shape, seed, maxval=2,
-                                                    dtype=tf.int32, alg=RNG)
-                probes.append(tf.cast(2 * signs - 1, variable.dtype))
+            draw = random.normal if self.preconditioner == "equilibration" else random.rademacher
+            probes.append(draw(variable.shape, seed, variable.dtype))
         return probes
 
     def curvature_update_step(self, gradient, variable, learning_rate, statistic):

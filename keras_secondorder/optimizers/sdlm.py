@@ -105,11 +105,13 @@ class SDLM(CurvatureOptimizer):
 
         def estimate():
             diagonal = curvature.diagonal(method, samples=self.diagonal_samples,
-                                          seed=tf.stack([tf.constant(self.seed, tf.int64), step]))
+                                          seed=tf.stack([tf.constant(self.seed, tf.int64), step]),
+                                          sum_over_replicas=False)
             return [tf.cast(d, dtype) for d in diagonal]
 
-        batch_diagonal = tf.cond(estimating, estimate,
-                                 lambda: [tf.zeros(v.shape, dtype) for v in variables])
+        # Replicas synchronize outside the cond (tf.distribute cannot inside).
+        batch_diagonal = curvature.sum_over_replicas(tf.cond(
+            estimating, estimate, lambda: [tf.zeros(v.shape, dtype) for v in variables]))
         patterns = tf.cast(batch, dtype)
         blend = 1.0 - tf.pow(1.0 - tf.cast(self.gamma, dtype), patterns)
         # The first estimate is the mean of its batches: weight 1/(t+1) for its batch t.

@@ -1,0 +1,177 @@
+"""The fit integration: keras_secondorder.Model and wrap with plain and curvature optimizers."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_secondorder as ks
+from keras_secondorder.optimizers import SDLM, EquilibratedSGD
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(64, 6)).astype("float32")
+Y = RNG.integers(0, 3, 64)
+
+
+def sequential(seed=1):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"),
+                             keras.layers.Dense(3, activation="softmax")])
+
+
+def curvature_optimizers():
+    return [SDLM(0.05, curvature_samples=32, reestimate_every=3),
+            EquilibratedSGD(0.05, update_every=2, momentum=0.5)]
+
+
+def weights_after(model, optimizer, epochs=2, **fit_kwargs):
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=fit_kwargs.pop("jit_compile", "auto"),
+                  steps_per_execution=fit_kwargs.pop("steps_per_execution", 1))
+    history = model.fit(X, Y, batch_size=16, epochs=epochs, shuffle=False, verbose=0,
+                        **fit_kwargs)
+    return model.get_weights(), history.history
+
+
+def assert_weights_close(actual, expected, rtol=1e-5):
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=1e-6)
+
+
+def test_with_a_plain_optimizer_it_is_keras_model():
+    ours, _ = weights_after(ks.wrap(sequential()), keras.optimizers.SGD(0.1, momentum=0.9))
+    theirs, _ = weights_after(sequential(), keras.optimizers.SGD(0.1, momentum=0.9))
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_functional_subclassed_and_wrapped_models_train():
+    inputs = keras.Input((6,))
+    functional = ks.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+
+    class Net(ks.Model):
+        def __init__(self):
+            super().__init__()
+            self.head = keras.layers.Dense(3, activation="softmax")
+
+        def call(self, x):
+            return self.head(x)
+
+    subclassed = Net()
+    subclassed(X[:1])
+    base = sequential()
+    wrapped = ks.wrap(base)
+    assert wrapped.trainable_variables[0] is base.trainable_variables[0]  # Shared weights.
+    for model in (functional, subclassed, wrapped):
+        assert isinstance(model, ks.Model)
+        diagonal = "ggn" if model is subclassed else "bbprop"  # bbprop needs a known graph.
+        _, history = weights_after(model, SDLM(0.05, curvature_samples=16, diagonal=diagonal),
+                                   epochs=3)
+        assert history["loss"][-1] < history["loss"][0]
+    np.testing.assert_array_equal(base.get_weights()[0], wrapped.get_weights()[0])
+
+
+def test_wrap_refuses_subclassed_models():
+    class Plain(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="subclass keras_secondorder.Model"):
+        ks.wrap(Plain())
+
+
+@pytest.mark.parametrize("optimizer", curvature_optimizers(), ids=["sdlm", "esgd"])
+def test_plain_keras_model_fails_at_the_first_step_naming_the_fix(optimizer):
+    model = sequential()
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"keras_secondorder.wrap\(model\)"):
+        model.fit(X, Y, epochs=1, verbose=0)
+
+
+def test_metrics_validation_and_standard_callbacks(tmp_path):
+    model = ks.wrap(sequential())
+    log = tmp_path / "log.csv"
+    callbacks = [keras.callbacks.CSVLogger(str(log)),
+                 keras.callbacks.TensorBoard(str(tmp_path / "tb")),
+                 keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"),
+                                                 save_best_only=True),
+                 keras.callbacks.EarlyStopping(patience=5)]
+    _, history = weights_after(model, SDLM(0.05, curvature_samples=16), epochs=2,
+                               validation_data=(X[:16], Y[:16]), callbacks=callbacks)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "skipped_steps", "rate_mean",
+                "rate_std"):
+        assert len(history[key]) == 2, key
+    with open(log) as file:
+        assert "rate_mean" in next(csv.reader(file))
+    assert (tmp_path / "best.keras").exists() and any((tmp_path / "tb").rglob("*.v2"))
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["sdlm", "esgd"])
+def test_steps_per_execution_and_xla_give_the_same_training(index):
+    reference, _ = weights_after(ks.wrap(sequential()), curvature_optimizers()[index])
+    compiled, _ = weights_after(ks.wrap(sequential()), curvature_optimizers()[index],
+                                jit_compile=True, steps_per_execution=3)
+    assert_weights_close(compiled, reference)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["sdlm", "esgd"])
+def test_save_and_load_mid_training_resumes_exactly(tmp_path, index):
+    uninterrupted, _ = weights_after(ks.wrap(sequential()), curvature_optimizers()[index],
+                                     epochs=4)
+    model = ks.wrap(sequential())
+    weights_after(model, curvature_optimizers()[index], epochs=2)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, ks.Model)
+    assert type(restored.optimizer) is type(curvature_optimizers()[index])
+    restored.fit(X, Y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    assert_weights_close(restored.get_weights(), uninterrupted, rtol=1e-6)
+
+
+def test_savedmodel_export_serves_the_trained_model(tmp_path):
+    model = ks.wrap(sequential())
+    weights_after(model, SDLM(0.05, curvature_samples=16))
+    model.export(str(tmp_path / "saved"))
+    served = tf.saved_model.load(str(tmp_path / "saved"))
+    np.testing.assert_allclose(served.serve(X[:5]), model.predict(X[:5], verbose=0), rtol=1e-6)
+
+
+def test_a_non_finite_batch_is_skipped_and_counted():
+    model = ks.wrap(sequential())
+    model.compile(SDLM(0.05, curvature_samples=16), "sparse_categorical_crossentropy")
+    model.train_on_batch(X[:16], Y[:16])
+    before = model.get_weights()
+    bad = X[16:32].copy()
+    bad[3, 2] = np.nan
+    logs = model.train_on_batch(bad, Y[16:32], return_dict=True)
+    assert logs["skipped_steps"] == 1.0
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    logs = model.train_on_batch(X[32:48], Y[32:48], return_dict=True)
+    assert logs["skipped_steps"] == 1.0 and np.isfinite(logs["loss"])
+
+
+def test_mixed_float16_takes_curvature_in_float32():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        mixed = ks.wrap(sequential())
+    finally:
+        keras.config.set_dtype_policy("float32")
+    plain = ks.wrap(sequential())
+    plain.set_weights(mixed.get_weights())
+    for model in (mixed, plain):
+        model.compile("sgd", "sparse_categorical_crossentropy")
+    batch = (tf.constant(X[:16]), tf.constant(Y[:16]))
+    mixed_diagonal = ks.curvature.diagonal(mixed, batch, "bbprop", training=True)
+    plain_diagonal = ks.curvature.diagonal(plain, batch, "bbprop", training=True)
+    for a, b in zip(mixed_diagonal, plain_diagonal, strict=True):
+        assert a.dtype == tf.float32
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    optimizer = SDLM(0.05, curvature_samples=16)
+    _, history = weights_after(mixed, optimizer, epochs=3)
+    assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert all(h.dtype == "float32" for h in optimizer._curvatures)
+    assert history["loss"][-1] < history["loss"][0] and history["skipped_steps"][-1] == 0
