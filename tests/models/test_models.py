@@ -22,7 +22,8 @@ def test_c3_table_masks_unconnected_kernel_entries():
     model = models.lenet5()
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(model(x))
+        # Not the plain sum: softmax outputs sum to 1, whose gradient is zero (up to rounding).
+        loss = tf.reduce_sum(model(x) * tf.range(10, dtype=tf.float32))
     c3 = model.get_layer("c3")
     kernel_gradient = tape.gradient(loss, c3.kernel)
     mask = c3.mask.numpy()  # (6 input maps, 16 output maps)

@@ -1,0 +1,180 @@
+"""Curvature optimizers on MNIST: LeNet-5 (SDLM, ESGD vs SGD, momentum, Adam) and the autoencoder.
+
+SDLM and ESGD against SGD (grid), SGD with momentum and Adam on LeNet-5 / MNIST, and ESGD against
+RMSProp and Jacobi on the MNIST deep autoencoder; all in one run.
+
+LeNet-5 part: every optimizer trains the same initial weights on the same subset of the MNIST
+training set (`--train` images, shuffled from a fixed seed) for `--epochs` epochs. Reported:
+the training loss per epoch (Keras's running mean over the epoch), the epochs and wall time to
+reach the best SGD's final training loss, the test error after the last epoch (on `--test`
+images) and the median time per epoch (epochs 2..E, so compilation is excluded).
+
+Targets (issue 4): SDLM reaches the best SGD's final training loss in at most a third of its
+epochs, and SDLM's time per epoch is at most 1.15x SGD's.
+
+Usage: python benchmarks/optimizers_mnist.py [--train N] [--test N] [--epochs E] [--data DIR]
+"""
+
+import argparse
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_secondorder as ks
+from benchmarks._common import environment, write
+from keras_secondorder.datasets import lenet_preprocess, mnist
+from keras_secondorder.models import deep_autoencoder, lenet5
+
+SGD_RATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+SDLM_EPSILONS = (0.005, 0.02)
+BATCH = 32
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of every epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def train(build, optimizer, train_data, epochs, test_data=None, loss=None):
+    keras.utils.set_random_seed(0)
+    model = ks.wrap(build())
+    model.compile(optimizer, loss or "sparse_categorical_crossentropy",
+                  metrics=["accuracy"] if test_data is not None else None)
+    timer = EpochTimer()
+    history = model.fit(*train_data, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0,
+                        callbacks=[timer]).history
+    result = {"loss": [float(v) for v in history["loss"]], "epoch_seconds": timer.times,
+              "seconds_per_epoch": float(np.median(timer.times[1:] or timer.times))}
+    if "skipped_steps" in history:
+        result["skipped_steps"] = history["skipped_steps"][-1]
+    if test_data is not None:
+        _, accuracy = model.evaluate(*test_data, batch_size=500, verbose=0)
+        result["test_error"] = 1.0 - float(accuracy)
+    return result
+
+
+def to_target(result, target):
+    """Epochs (1-based) and cumulative seconds until the loss is at or below `target`."""
+    for epoch, loss in enumerate(result["loss"], start=1):
+        if loss <= target:
+            return epoch, float(sum(result["epoch_seconds"][:epoch]))
+    return None, None
+
+
+def lenet_part(args):
+    (x_train, y_train), (x_test, y_test) = mnist(args.data)
+    train_data = (lenet_preprocess(x_train[:args.train]), y_train[:args.train].astype("int32"))
+    test_data = (lenet_preprocess(x_test[:args.test]), y_test[:args.test].astype("int32"))
+    runs = {f"sgd lr={rate}": keras.optimizers.SGD(rate) for rate in SGD_RATES}
+    runs["sgd momentum 0.9 lr=0.01"] = keras.optimizers.SGD(0.01, momentum=0.9)
+    runs["adam lr=0.001"] = keras.optimizers.Adam(0.001)
+    steps_per_epoch = args.train // BATCH
+    for epsilon in SDLM_EPSILONS:  # LeCun re-estimates h once per pass.
+        runs[f"sdlm eps={epsilon}"] = ks.optimizers.SDLM(epsilon, reestimate_every=steps_per_epoch)
+    runs["esgd lr=0.005"] = ks.optimizers.EquilibratedSGD(0.005)
+    results = {}
+    for name, optimizer in runs.items():
+        results[name] = train(lenet5, optimizer, train_data, args.epochs, test_data)
+        print(name, results[name]["loss"][-1], results[name]["test_error"], flush=True)
+    sgd_names = [name for name in results if name.startswith("sgd lr=")]
+    best_sgd = min(sgd_names, key=lambda name: results[name]["loss"][-1])
+    target = results[best_sgd]["loss"][-1]
+    for result in results.values():
+        result["epochs_to_target"], result["seconds_to_target"] = to_target(result, target)
+    best_sdlm = min((name for name in results if name.startswith("sdlm")),
+                    key=lambda name: results[name]["loss"][-1])
+    sdlm = results[best_sdlm]
+    summary = {
+        "best_sgd": best_sgd,
+        "best_sdlm": best_sdlm,
+        "target_loss": target,
+        "sgd_epochs": args.epochs,
+        "sdlm_epochs_to_target": sdlm["epochs_to_target"],
+        "sdlm_epochs_target_met": (sdlm["epochs_to_target"] is not None
+                                   and sdlm["epochs_to_target"] <= args.epochs / 3),
+        "sdlm_time_per_epoch_ratio": sdlm["seconds_per_epoch"]
+        / results[best_sgd]["seconds_per_epoch"],
+    }
+    summary["sdlm_time_target_met"] = summary["sdlm_time_per_epoch_ratio"] <= 1.15
+    return results, summary
+
+
+def autoencoder_part(args):
+    (x_train, _), _ = mnist(args.data)
+    images = (x_train[:args.autoencoder_train].reshape(-1, 784) / 255.0).astype("float32")
+    runs = {
+        "equilibration lr=0.01": ks.optimizers.EquilibratedSGD(0.01),
+        "jacobi lr=0.01": ks.optimizers.EquilibratedSGD(0.01, preconditioner="jacobi"),
+        "rmsprop lr=0.001": ks.optimizers.EquilibratedSGD(0.001, preconditioner="rmsprop",
+                                                           update_every=1, beta=0.9),
+    }
+    results = {}
+    for name, optimizer in runs.items():
+        results[name] = train(deep_autoencoder, optimizer, (images, images),
+                              args.autoencoder_epochs, loss="binary_crossentropy")
+        print(name, results[name]["loss"][-1], flush=True)
+    return results
+
+
+def markdown(lenet, summary, autoencoder, args):
+    lines = [
+        "# Curvature optimizers on MNIST", "",
+        f"LeNet-5, {args.train} training images, batch {BATCH}, {args.epochs} epochs, test error "
+        f"on {args.test} test images. Target loss = best SGD's final loss "
+        f"({summary['best_sgd']}: {summary['target_loss']:.4f}).", "",
+        "| optimizer | final loss | epochs to target | seconds to target | test error | "
+        "s/epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in lenet.items():
+        seconds = result["seconds_to_target"]
+        lines.append(
+            f"| {name} | {result['loss'][-1]:.4f} | {result['epochs_to_target'] or '-'} | "
+            f"{'-' if seconds is None else f'{seconds:.1f}'} | "
+            f"{100 * result['test_error']:.2f}% | {result['seconds_per_epoch']:.2f} |")
+    lines += [
+        "", f"SDLM ({summary['best_sdlm']}) reaches the target in "
+        f"{summary['sdlm_epochs_to_target'] or 'none'} of the best SGD's "
+        f"{args.epochs} epochs (target <= {args.epochs / 3:.1f}: "
+        f"{'met' if summary['sdlm_epochs_target_met'] else 'MISSED'}); time per epoch "
+        f"{summary['sdlm_time_per_epoch_ratio']:.2f}x SGD's (target <= 1.15: "
+        f"{'met' if summary['sdlm_time_target_met'] else 'MISSED'}).", "",
+        f"Deep autoencoder 784-1000-500-250-30, {args.autoencoder_train} images, "
+        f"{args.autoencoder_epochs} epochs, batch {BATCH} (fixed budget):", "",
+        "| preconditioner | loss per epoch | s/epoch |", "|---|---|---|",
+    ]
+    for name, result in autoencoder.items():
+        losses = ", ".join(f"{v:.4f}" for v in result["loss"])
+        lines.append(f"| {name} | {losses} | {result['seconds_per_epoch']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=6000)
+    parser.add_argument("--test", type=int, default=2000)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--autoencoder-train", type=int, default=3000)
+    parser.add_argument("--autoencoder-epochs", type=int, default=3)
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args()
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    lenet, summary = lenet_part(args)
+    autoencoder = autoencoder_part(args)
+    payload = {"environment": environment(), "settings": vars(args), "lenet5": lenet,
+               "summary": summary, "autoencoder": autoencoder}
+    write("optimizers_mnist", payload, markdown(lenet, summary, autoencoder, args))
+
+
+if __name__ == "__main__":
+    main()
