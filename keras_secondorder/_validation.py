@@ -13,3 +13,20 @@ def one_of(value, name, choices):
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {list(choices)}; received {value!r}.")
     return value
+
+
+def number(value, name, accepts, description):
+    """`float(value)` if it is a real number that `accepts`, else a ValueError naming `name`.
+
+    `description` completes "must be a number ...", e.g. `">= 0"` or `"in (0, 1]"`.
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not accepts(value):
+        raise ValueError(f"`{name}` must be a number {description}; received {value!r}.")
+    return float(value)
+
+
+def integer(value, name):
+    """`value` if it is an integer (any sign), else a ValueError naming `name`."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"`{name}` must be an integer; received {value!r}.")
+    return value

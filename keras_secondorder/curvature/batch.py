@@ -22,8 +22,8 @@ class BatchCurvature:
     gradients), so it is the curvature of the whole global batch, identical on every replica.
     Random probes must then be drawn from a seed shared by the replicas. `tf.distribute` cannot
     synchronize replicas inside `tf.cond` or `tf.while_loop`: there, pass
-    `sum_over_replicas=False` and call `sum_over_replicas` on the results after the control
-    flow.
+    `sum_over_replicas=False` and sum after the control flow (`sum_over_replicas_if` does this
+    for a `tf.cond`).
 
     Args:
         model: the Keras model being trained.
@@ -76,6 +76,15 @@ class BatchCurvature:
         if context is None or context.num_replicas_in_sync == 1:
             return list(values)
         return context.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
+
+    def sum_over_replicas_if(self, condition, compute):
+        """`compute()` if `condition`, else zeros like the variables; summed after the `tf.cond`.
+
+        `compute` must ask for its products with `sum_over_replicas=False`.
+        """
+        local = tf.cond(condition, compute,
+                        lambda: [tf.zeros(v.shape, v.dtype) for v in self.variables])
+        return self.sum_over_replicas(local)
 
     def _result(self, values, sum_over_replicas):
         return self.sum_over_replicas(values) if sum_over_replicas else list(values)

@@ -20,8 +20,9 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
     """A Keras optimizer whose step also uses curvature of the current batch.
 
     Subclasses implement `curvature_statistics` (per-variable quantities computed from the
-    bound `BatchCurvature`, the same on every replica) and `curvature_update_step` (the update of
-    one variable given its gradient and statistic), and may report `diagnostics`.
+    bound `BatchCurvature`, the same on every replica), `curvature_update_step` (the update of
+    one variable given its gradient and statistic) and `per_weight_rates` (logged as
+    `rate_mean` and `rate_std`).
 
     Everything else is Keras's: gradient clipping, weight decay, gradient accumulation, EMA, loss
     scaling, `tf.distribute`. A step whose gradient or curvature statistic is not finite changes
@@ -72,9 +73,16 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
         """`(counter variable, increment)` pairs, incremented with every step that is applied."""
         return []
 
+    def per_weight_rates(self):
+        """The learning rate each weight gets now, one tensor per variable."""
+        raise NotImplementedError
+
     def diagnostics(self):
-        """Scalars describing the current state (e.g. the per-weight rates), for `logs`."""
-        return {"skipped_steps": self.skipped_steps}
+        """`skipped_steps` and the mean and spread of the per-weight rates, for `logs`."""
+        rates = tf.concat([tf.reshape(rate, [-1]) for rate in self.per_weight_rates()], axis=0)
+        mean, variance = tf.nn.moments(rates, axes=[0])
+        return {"skipped_steps": self.skipped_steps, "rate_mean": mean,
+                "rate_std": tf.sqrt(variance)}
 
     def update_step(self, gradient, variable, learning_rate):
         raise ValueError(_MISSING_CURVATURE.format(name=type(self).__name__))

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder import _random as random
-from keras_secondorder._validation import one_of, positive_int
+from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
 
 PRECONDITIONERS = ("equilibration", "jacobi", "rmsprop")
@@ -60,22 +60,13 @@ class EquilibratedSGD(CurvatureOptimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         one_of(preconditioner, "preconditioner", PRECONDITIONERS)
         positive_int(update_every, "update_every")
-        if not isinstance(damping, (int, float)) or isinstance(damping, bool) or not damping > 0:
-            raise ValueError(f"`damping` must be a number > 0; received {damping!r}.")
-        for value, label in ((momentum, "momentum"), (beta, "beta")):
-            if label == "beta" and value is None:
-                continue
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
-                    0 <= value < 1):
-                raise ValueError(f"`{label}` must be a number in [0, 1); received {value!r}.")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"`seed` must be an integer; received {seed!r}.")
+        self.damping = number(damping, "damping", lambda v: v > 0, "> 0")
+        self.momentum = number(momentum, "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+        self.beta = None if beta is None else number(beta, "beta", lambda v: 0 <= v < 1,
+                                                      "in [0, 1)")
+        self.seed = integer(seed, "seed")
         self.preconditioner = preconditioner
         self.update_every = update_every
-        self.damping = float(damping)
-        self.momentum = float(momentum)
-        self.beta = None if beta is None else float(beta)
-        self.seed = seed
 
     def build(self, variables):
         if self.built:
@@ -95,12 +86,10 @@ class EquilibratedSGD(CurvatureOptimizer):
             estimates = [tf.square(tf.cast(g, dtype)) for g in gradients]
         else:
             probes = self._probes(variables, step)
-            # The replicas' products are summed outside the cond (tf.distribute cannot sync
-            # inside), and squared only after the sum: E[(Hv)²] is of the global batch's H.
-            products = curvature.sum_over_replicas(tf.cond(
+            # Squared only after the sum over replicas: E[(Hv)²] is of the global batch's H.
+            products = curvature.sum_over_replicas_if(
                 refresh,
-                lambda: curvature.hessian_vector_product(probes, sum_over_replicas=False),
-                lambda: [tf.zeros(v.shape, v.dtype) for v in variables]))
+                lambda: curvature.hessian_vector_product(probes, sum_over_replicas=False))
             products = [tf.cast(p, dtype) for p in products]
             if self.preconditioner == "equilibration":
                 estimates = [tf.square(p) for p in products]
@@ -145,14 +134,11 @@ class EquilibratedSGD(CurvatureOptimizer):
         mean = accumulator / (count if self.beta is None else 1.0 - self.beta ** count)
         return tf.abs(mean) if self.preconditioner == "jacobi" else tf.sqrt(mean)
 
-    def diagnostics(self):
-        """`skipped_steps` and the mean and spread of the per-weight rates `epsilon/(P + λ)`."""
-        rates = tf.concat([
-            tf.reshape(tf.cast(self.learning_rate, a.dtype)
-                       / (self._scale(a, self.estimates) + self.damping), [-1])
-            for a in self._accumulators], axis=0)
-        mean, variance = tf.nn.moments(rates, axes=[0])
-        return {**super().diagnostics(), "rate_mean": mean, "rate_std": tf.sqrt(variance)}
+    def per_weight_rates(self):
+        """`epsilon / (P + lambda)` for every variable."""
+        return [tf.cast(self.learning_rate, a.dtype) / (self._scale(a, self.estimates)
+                                                         + self.damping)
+                for a in self._accumulators]
 
     def get_config(self):
         config = super().get_config()

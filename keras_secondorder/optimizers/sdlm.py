@@ -5,7 +5,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from keras_secondorder._validation import one_of, positive_int
+from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.curvature import bbprop
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
 
@@ -68,24 +68,18 @@ class SDLM(CurvatureOptimizer):
                  reestimate_every=1000, diagonal="bbprop", diagonal_samples=1, seed=0,
                  name="sdlm", **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if not isinstance(mu, (int, float)) or isinstance(mu, bool) or not mu >= 0:
-            raise ValueError(f"`mu` must be a number >= 0; received {mu!r}.")
-        if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not 0 < gamma <= 1:
-            raise ValueError(f"`gamma` must be a number in (0, 1]; received {gamma!r}.")
+        self.mu = number(mu, "mu", lambda v: v >= 0, ">= 0")
+        self.gamma = number(gamma, "gamma", lambda v: 0 < v <= 1, "in (0, 1]")
         positive_int(curvature_samples, "curvature_samples")
         if reestimate_every is not None:
             positive_int(reestimate_every, "reestimate_every")
         one_of(diagonal, "diagonal", DIAGONALS)
         positive_int(diagonal_samples, "diagonal_samples")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"`seed` must be an integer; received {seed!r}.")
-        self.mu = float(mu)
-        self.gamma = float(gamma)
+        self.seed = integer(seed, "seed")
         self.curvature_samples = curvature_samples
         self.reestimate_every = reestimate_every
         self.diagonal = diagonal
         self.diagonal_samples = diagonal_samples
-        self.seed = seed
 
     def build(self, variables):
         if self.built:
@@ -109,9 +103,7 @@ class SDLM(CurvatureOptimizer):
                                           sum_over_replicas=False)
             return [tf.cast(d, dtype) for d in diagonal]
 
-        # Replicas synchronize outside the cond (tf.distribute cannot inside).
-        batch_diagonal = curvature.sum_over_replicas(tf.cond(
-            estimating, estimate, lambda: [tf.zeros(v.shape, dtype) for v in variables]))
+        batch_diagonal = curvature.sum_over_replicas_if(estimating, estimate)
         patterns = tf.cast(batch, dtype)
         blend = 1.0 - tf.pow(1.0 - tf.cast(self.gamma, dtype), patterns)
         # The first estimate is the mean of its batches: weight 1/(t+1) for its batch t.
@@ -129,13 +121,9 @@ class SDLM(CurvatureOptimizer):
         step = learning_rate * tf.cast(gradient, variable.dtype) / (h + self.mu)
         self.assign_sub(variable, tf.where(ready, step, tf.zeros_like(step)))
 
-    def diagnostics(self):
-        """`skipped_steps` and the mean and spread of the per-weight rates `epsilon/(h + mu)`."""
-        rates = [tf.reshape(tf.cast(self.learning_rate, h.dtype) / (h + self.mu), [-1])
-                 for h in self._curvatures]
-        rates = tf.concat(rates, axis=0)
-        mean, variance = tf.nn.moments(rates, axes=[0])
-        return {**super().diagnostics(), "rate_mean": mean, "rate_std": tf.sqrt(variance)}
+    def per_weight_rates(self):
+        """`epsilon / (h + mu)` for every variable."""
+        return [tf.cast(self.learning_rate, h.dtype) / (h + self.mu) for h in self._curvatures]
 
     def _method(self, model):
         if self.diagonal != "bbprop":
