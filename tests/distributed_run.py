@@ -1,4 +1,4 @@
-"""Trains a small model with SDLM and ESGD and saves the weights: one worker of the tests.
+"""Trains a small model with SDLM, ESGD and HessianFree, saves the weights: a test worker.
 
 Usage: python distributed_run.py OUTPUT {single,mirrored,multiworker}. The multi-worker mode reads
 TF_CONFIG; the mirrored mode splits the CPU into two logical devices.
@@ -53,8 +53,16 @@ def main(output, mode):
                                            weight_decay=0.01),
         "esgd": lambda: ks.optimizers.EquilibratedSGD(0.05, update_every=2, momentum=0.5,
                                                       damping=0.01),
+        # The whole batch for curvature: a fraction takes the head of each replica's share.
+        "hf": lambda: ks.optimizers.HessianFree(damping=1.0, curvature_fraction=1.0),
     }
+    if mode == "multiworker":  # HessianFree runs on one machine's replicas only.
+        del optimizers["hf"]
     for name, make in optimizers.items():
+        # HessianFree in float64: CG amplifies float32 rounding (a different summation order
+        # across devices) beyond the comparison's tolerance; float64 shows the method's equality.
+        keras.config.set_floatx("float64" if name == "hf" else "float32")
+        keras.config.set_dtype_policy(keras.config.floatx())
         with strategy.scope():
             keras.utils.set_random_seed(1)
             model = ks.wrap(keras.Sequential([
@@ -70,7 +78,7 @@ def main(output, mode):
             losses = model.fit(data, epochs=2, verbose=0).history["loss"]
         for index, weight in enumerate(model.get_weights()):
             results[f"{name}_{index}"] = weight
-        results[f"{name}_loss"] = np.array(losses)
+        results[f"{name}_loss"] = np.array(losses, dtype=keras.config.floatx())
     np.savez(output, **results)
 
 

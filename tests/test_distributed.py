@@ -32,10 +32,12 @@ def finish(process, timeout=600):
 
 def assert_same_training(actual, expected, keys=None):
     actual, expected = np.load(actual), np.load(expected)
-    assert sorted(actual.files) == sorted(expected.files)
-    for key in keys or expected.files:
-        np.testing.assert_allclose(actual[key], expected[key], rtol=2e-5, atol=2e-6,
-                                   err_msg=key)
+    keys = keys or expected.files
+    assert sorted(actual.files) == sorted(expected.files) or set(keys) <= set(actual.files)
+    for key in keys:
+        tight = expected[key].dtype == np.float64
+        np.testing.assert_allclose(actual[key], expected[key], rtol=1e-10 if tight else 2e-5,
+                                   atol=1e-12 if tight else 2e-6, err_msg=key)
 
 
 def test_mirrored_strategy_on_two_devices_matches_one_device(tmp_path):
@@ -69,6 +71,7 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(tmp_path):
         for process in processes:
             process.kill()
     # The weights: the workers log their loss from a custom loop, not fit's (see the script).
-    weights = [key for key in np.load(tmp_path / "single.npz").files if "loss" not in key]
+    weights = [key for key in np.load(tmp_path / "single.npz").files
+               if "loss" not in key and not key.startswith("hf")]
     for index in range(2):
         assert_same_training(tmp_path / f"worker{index}.npz", tmp_path / "single.npz", weights)

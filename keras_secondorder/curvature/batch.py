@@ -1,12 +1,15 @@
 """The curvature of the current training batch: what the train step hands a curvature optimizer."""
 
+import copy
+import math
+
 import tensorflow as tf
 
 from keras_secondorder.curvature.diagonal import batch_diagonal
 from keras_secondorder.curvature.fisher import _fisher_product
 from keras_secondorder.curvature.ggn import _ggn_product
 from keras_secondorder.curvature.hessian import _hessian_product
-from keras_secondorder.curvature.objective import Objective, as_batch
+from keras_secondorder.curvature.objective import Batch, Objective, as_batch, batch_size
 
 
 class BatchCurvature:
@@ -52,6 +55,32 @@ class BatchCurvature:
         size = tf.shape(tf.nest.flatten(self.batch.x)[0])[0]
         return self.sum_over_replicas([size])[0]
 
+    def head(self, fraction):
+        """A `BatchCurvature` on the first `ceil(fraction * n)` examples of this batch.
+
+        Curvature can be estimated on less data than the gradient (Martens 2010 uses a quarter
+        of the batch): the objective's mean over the head is an unbiased estimate of the mean.
+        """
+        size = tf.nest.flatten(self.batch.x)[0].shape[0]
+        if size is not None:  # Static under jit_compile: a static slice.
+            count = max(1, math.ceil(fraction * size))
+        else:
+            count = tf.maximum(1, tf.cast(tf.math.ceil(
+                fraction * tf.cast(batch_size(self.batch), tf.float64)), tf.int32))
+        head = copy.copy(self)  # The same objective on part of the batch.
+        head.batch = Batch(*(None if part is None else tf.nest.map_structure(
+            lambda t: t[:count], part) for part in self.batch))
+        return head
+
+    def loss(self, offset=None, sum_over_replicas=True):
+        """The objective on this batch at the weights plus `offset` (shaped like the variables)."""
+        params = self.objective.params()
+        if offset is not None:
+            params = [p + o for p, o in zip(params, self.objective.check_vector(offset),
+                                            strict=True)]
+        value = self.objective.value(params, self.batch)
+        return self._result([value], sum_over_replicas)[0]
+
     def hessian_vector_product(self, vector, sum_over_replicas=True):
         """`v -> H v`, the exact Hessian product (indefinite)."""
         return self._result(_hessian_product(self.objective, self.batch, vector), sum_over_replicas)
@@ -64,10 +93,11 @@ class BatchCurvature:
         """`v -> F v`, the empirical Fisher product."""
         return self._result(_fisher_product(self.objective, self.batch, vector), sum_over_replicas)
 
-    def diagonal(self, method="ggn", samples=1, seed=(0, 0), sum_over_replicas=True):
+    def diagonal(self, method="ggn", samples=1, seed=(0, 0), chunk_size=64,
+                 sum_over_replicas=True):
         """A diagonal estimate (see `keras_secondorder.curvature.diagonal` for the methods)."""
         return self._result(batch_diagonal(self.objective, self.batch, method, samples=samples,
-                                           seed=seed), sum_over_replicas)
+                                           seed=seed, chunk_size=chunk_size), sum_over_replicas)
 
     @staticmethod
     def sum_over_replicas(values):

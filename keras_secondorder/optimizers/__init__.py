@@ -1,12 +1,14 @@
 """Curvature-aware optimizers for `model.fit` (with `keras_secondorder.Model`).
 
-`SDLM` (LeCun's stochastic diagonal Levenberg-Marquardt) and `EquilibratedSGD` (Dauphin et al.
-2015) are Keras optimizers whose step also uses the curvature of the current batch; the train
-step of `keras_secondorder.Model` binds it (see `CurvatureOptimizer`).
+`SDLM` (LeCun's stochastic diagonal Levenberg-Marquardt), `EquilibratedSGD` (Dauphin et al.
+2015) and `HessianFree` (Martens 2010) are Keras optimizers whose step also uses the curvature
+of the current batch; the train step of `keras_secondorder.Model` binds it (see
+`CurvatureOptimizer`).
 """
 
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
 from keras_secondorder.optimizers.equilibrated_sgd import EquilibratedSGD
+from keras_secondorder.optimizers.hessian_free import HessianFree
 from keras_secondorder.optimizers.sdlm import SDLM
 
-__all__ = ["CurvatureOptimizer", "EquilibratedSGD", "SDLM"]
+__all__ = ["CurvatureOptimizer", "EquilibratedSGD", "HessianFree", "SDLM"]

@@ -87,12 +87,21 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         raise ValueError(_MISSING_CURVATURE.format(name=type(self).__name__))
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def _require_curvature(self):
+        """The bound `BatchCurvature`; a ValueError naming the fix when there is none."""
         curvature = self._bound_curvature()
         if curvature is None:
             raise ValueError(_MISSING_CURVATURE.format(name=type(self).__name__))
-        variables = [v.value if isinstance(v, backend.Variable) else v
-                     for v in trainable_variables]
+        return curvature
+
+    @staticmethod
+    def _variable_values(trainable_variables):
+        """The backend (tf) variables under Keras variables, which tf.distribute updates."""
+        return [v.value if isinstance(v, backend.Variable) else v for v in trainable_variables]
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        curvature = self._require_curvature()
+        variables = self._variable_values(trainable_variables)
         pairs = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
         grads = [g for g, _ in pairs]
         statistics = self.curvature_statistics(curvature, grads, trainable_variables)
