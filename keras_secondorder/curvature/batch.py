@@ -55,8 +55,8 @@ class BatchCurvature:
         size = tf.shape(tf.nest.flatten(self.batch.x)[0])[0]
         return self.sum_over_replicas([size])[0]
 
-    def head(self, fraction):
-        """A `BatchCurvature` on the first `ceil(fraction * n)` examples of this batch.
+    def head(self, fraction, limit=None):
+        """A `BatchCurvature` on the first `ceil(fraction * n)` (at most `limit`) examples.
 
         Curvature can be estimated on less data than the gradient (Martens 2010 uses a quarter
         of the batch): the objective's mean over the head is an unbiased estimate of the mean.
@@ -64,9 +64,11 @@ class BatchCurvature:
         size = tf.nest.flatten(self.batch.x)[0].shape[0]
         if size is not None:  # Static under jit_compile: a static slice.
             count = max(1, math.ceil(fraction * size))
+            count = count if limit is None else min(count, limit)
         else:
             count = tf.maximum(1, tf.cast(tf.math.ceil(
                 fraction * tf.cast(batch_size(self.batch), tf.float64)), tf.int32))
+            count = count if limit is None else tf.minimum(count, limit)
         head = copy.copy(self)  # The same objective on part of the batch.
         head.batch = Batch(*(None if part is None else tf.nest.map_structure(
             lambda t: t[:count], part) for part in self.batch))

@@ -1,6 +1,6 @@
 """Models of the classic experiments: LeNet-5, LeNet-6 and the MNIST deep autoencoder."""
 
-from keras_secondorder.models.autoencoder import deep_autoencoder
+from keras_secondorder.models.autoencoder import SparseInitializer, deep_autoencoder
 from keras_secondorder.models.lenet import (
     C3_CONNECTIONS,
     ConnectionTableConv2D,
@@ -13,6 +13,7 @@ from keras_secondorder.models.lenet import (
 __all__ = [
     "C3_CONNECTIONS",
     "ConnectionTableConv2D",
+    "SparseInitializer",
     "TrainableSubsampling",
     "deep_autoencoder",
     "lenet5",

@@ -1,5 +1,7 @@
 """Hessian-free optimization (Martens 2010): truncated Newton with Gauss-Newton products."""
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -99,7 +101,7 @@ class HessianFree(CurvatureOptimizer):
     curvature (Gauss-Newton by default) on its first `curvature_fraction`:
 
     ```
-    M = (diag(sum_i g_i²) + lambda)^0.75                  per-example gradients g_i (preconditioner)
+    M = (diag(sum_i g_i²) + lambda)^0.75                  per-example gradients g_i
     p = CG on (B + lambda I) p = -g,  from x0 = 0.95 p_prev,  Martens' stopping rule
     p <- the saved CG iterate (i = ceil(5 * 1.3^j), and the last) with the best f, walking back
     rho = (f(w + p) - f(w)) / (gᵀp + ½ pᵀB p)             reduction ratio
@@ -133,9 +135,14 @@ class HessianFree(CurvatureOptimizer):
         curvature_fraction: the leading fraction of each batch the curvature (and the
             preconditioner) is computed on. Curvature is the expensive part of every CG
             iteration and needs less data than the gradient. Defaults to `0.25`.
-        preconditioner: `"martens"` (the diagonal `M` above, from per-example gradients on the
-            curvature part of the batch, one vectorized backward pass per `chunk_size`
-            examples) or `None`. Needs the same loss split as `"ggn"`. Defaults to `"martens"`.
+        preconditioner: `"martens"` (the diagonal `M` above, from per-example gradients) or
+            `None`. Needs the same loss split as `"ggn"`. Defaults to `"martens"`.
+        preconditioner_examples: the per-example gradients are those of the first examples of
+            the curvature part, at most this many (split over replicas). Per-example gradients
+            are vectorized backward passes of `chunk_size` examples each, far slower per example
+            than a batched product (on the MNIST autoencoder on 2 CPUs: 2 s for 256 examples,
+            50 s for 1500, against 0.1 s for one Gauss-Newton product on 1500), and a diagonal
+            preconditioner needs only a rough estimate. Defaults to `256`.
         preconditioner_exponent: the power of `M`; Martens found 0.75 better than the full
             diagonal (1), which overtrusts the empirical Fisher. Defaults to `0.75`.
         max_cg_iterations: the CG cap. Defaults to `250`.
@@ -170,7 +177,8 @@ class HessianFree(CurvatureOptimizer):
     """
 
     def __init__(self, damping=45.0, curvature="ggn", curvature_fraction=0.25,
-                 preconditioner="martens", preconditioner_exponent=0.75, max_cg_iterations=250,
+                 preconditioner="martens", preconditioner_examples=256,
+                 preconditioner_exponent=0.75, max_cg_iterations=250,
                  cg_tolerance=5e-4, cg_min_gap=10, cg_gap_ratio=0.1, warm_start_decay=0.95,
                  backtrack_first=5, backtrack_ratio=1.3, damping_increase=1.5,
                  damping_decrease=2.0 / 3.0, line_search_sufficient=0.01,
@@ -192,6 +200,8 @@ class HessianFree(CurvatureOptimizer):
         self.curvature_fraction = number(curvature_fraction, "curvature_fraction",
                                          lambda v: 0 < v <= 1, "in (0, 1]")
         self.preconditioner = one_of(preconditioner, "preconditioner", PRECONDITIONERS)
+        self.preconditioner_examples = positive_int(preconditioner_examples,
+                                                    "preconditioner_examples")
         self.preconditioner_exponent = number(preconditioner_exponent,
                                               "preconditioner_exponent", lambda v: 0 <= v <= 1,
                                               "in [0, 1]")
@@ -317,9 +327,11 @@ class HessianFree(CurvatureOptimizer):
                warm_start):
         preconditioner = None
         if self.preconditioner == "martens":
+            limit = math.ceil(self.preconditioner_examples / len(heads))  # Per replica.
             squares = summed(lambda head: flatten(self._with_split_hint(
-                lambda: head.diagonal("empirical_fisher", chunk_size=self.chunk_size,
-                              sum_over_replicas=False))), heads)
+                lambda: head.head(1.0, limit).diagonal(
+                    "empirical_fisher", chunk_size=self.chunk_size,
+                    sum_over_replicas=False))), heads)
             preconditioner = (squares + damping) ** self.preconditioner_exponent
         result = conjugate_gradient(
             lambda v: curvature_product(v) + damping * v, -gradient,
@@ -381,6 +393,7 @@ class HessianFree(CurvatureOptimizer):
             "curvature": self.curvature,
             "curvature_fraction": self.curvature_fraction,
             "preconditioner": self.preconditioner,
+            "preconditioner_examples": self.preconditioner_examples,
             "preconditioner_exponent": self.preconditioner_exponent,
             "max_cg_iterations": self.max_cg_iterations,
             "cg_tolerance": self.cg_tolerance,

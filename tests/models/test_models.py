@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from keras_secondorder import models
@@ -62,6 +63,25 @@ def test_deep_autoencoder_layout():
     assert units == [1000, 500, 250, 30, 250, 500, 1000, 784]
     activations = [layer.activation.__name__ for layer in model.layers]
     assert activations[3] == "linear" and set(activations[:3] + activations[4:]) == {"sigmoid"}
+
+
+def test_sparse_initialization_as_martens():
+    model = models.deep_autoencoder("mnist", kernel_initializer=models.SparseInitializer(seed=3),
+                                     kernel_regularizer=keras.regularizers.L2(1e-5))
+    kernels = [layer.kernel.numpy() for layer in model.layers]
+    for kernel in kernels:  # Exactly 15 incoming weights per unit (every layer has >= 30 inputs).
+        np.testing.assert_array_equal((kernel != 0).sum(axis=0), 15)
+    nonzero = np.concatenate([k[k != 0] for k in kernels])  # 15 * 4348 draws of N(0, 1).
+    assert abs(nonzero.mean()) < 0.03 and abs(nonzero.std() - 1) < 0.02
+    assert all(not np.any(layer.bias.numpy()) for layer in model.layers)
+    first, second = kernels[1], kernels[5]  # Same shape 1000x500 / 500x1000: different draws.
+    assert not np.array_equal(first != 0, second.T != 0)
+    assert all(isinstance(layer.kernel_regularizer, keras.regularizers.L2) for layer in
+               model.layers)
+    config = models.SparseInitializer(connections=4, scale=0.5, seed=2).get_config()
+    assert models.SparseInitializer(**config).get_config() == config
+    with pytest.raises(ValueError, match="`connections` must be a positive integer"):
+        models.SparseInitializer(connections=0)
 
 
 def test_lenet6_layout_and_parameter_count():
