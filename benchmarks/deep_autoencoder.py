@@ -77,12 +77,14 @@ def squared_error_of(images):
     """Model -> per-image squared reconstruction error on `images` (summed over pixels)."""
     data = tf.data.Dataset.from_tensor_slices(images).batch(5000).cache()
 
-    def measure(model):
-        @tf.function
-        def batch_error(x):
-            return tf.reduce_sum(tf.square(model(x, training=False) - x))
+    compiled = {}  # One tf.function per model, traced once.
 
-        total = sum(float(batch_error(x)) for x in data)
+    def measure(model):
+        if model not in compiled:
+            compiled.clear()
+            compiled[model] = tf.function(
+                lambda x: tf.reduce_sum(tf.square(model(x, training=False) - x)))
+        total = sum(float(compiled[model](x)) for x in data)
         return total / len(images)
 
     return measure
