@@ -39,9 +39,15 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        self.skipped_steps = self.add_variable(
-            (), initializer="zeros", dtype="float32", aggregation="only_first_replica",
-            name="skipped_steps")
+        self.skipped_steps = self.add_scalar("skipped_steps")
+
+    def add_scalar(self, name, value=0.0):
+        """A float32 scalar state variable (counter, damping, diagnostic), one per model.
+
+        Replicas compute identical values, so the first replica's is kept.
+        """
+        return self.add_variable((), initializer=keras.initializers.Constant(value),
+                                 dtype="float32", aggregation="only_first_replica", name=name)
 
     @contextlib.contextmanager
     def bind(self, curvature):

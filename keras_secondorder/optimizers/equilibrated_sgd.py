@@ -75,8 +75,7 @@ class EquilibratedSGD(CurvatureOptimizer):
         self._accumulators = self.add_optimizer_variables(variables, "equilibration")
         if self.momentum:
             self._momentums = self.add_optimizer_variables(variables, "momentum")
-        self.estimates = self.add_variable((), initializer="zeros", dtype="float32",
-                                           aggregation="only_first_replica", name="estimates")
+        self.estimates = self.add_scalar("estimates")
 
     def curvature_statistics(self, curvature, gradients, variables):
         step = tf.cast(self.iterations, tf.int64)

@@ -231,18 +231,12 @@ class HessianFree(CurvatureOptimizer):
             return
         super().build(variables)
         self._warm_starts = self.add_optimizer_variables(variables, "warm_start")
-
-        def scalar(name, value=0.0):
-            return self.add_variable((), initializer=keras.initializers.Constant(value),
-                                     dtype="float32", aggregation="only_first_replica",
-                                     name=name)
-
-        self.damping = scalar("damping", self.initial_damping)
-        self.cg_iterations = scalar("cg_iterations")
-        self.rho = scalar("rho")
-        self.step_size = scalar("step_size")
-        self.model_reduction = scalar("model_reduction")
-        self.rejected_steps = scalar("rejected_steps")
+        self.damping = self.add_scalar("damping", self.initial_damping)
+        self.cg_iterations = self.add_scalar("cg_iterations")
+        self.rho = self.add_scalar("rho")
+        self.step_size = self.add_scalar("step_size")
+        self.model_reduction = self.add_scalar("model_reduction")
+        self.rejected_steps = self.add_scalar("rejected_steps")
 
     def diagnostics(self):
         """The last step's CG iterations, rho, lambda, step size and model reduction."""
@@ -298,8 +292,8 @@ class HessianFree(CurvatureOptimizer):
         warm_start = flatten([tf.convert_to_tensor(w) for w in self._warm_starts])
         outcome = tf.cond(
             finite,
-            lambda: self._solve(objective, curvature_product, heads, summed, gradient, value,
-                                damping, warm_start),
+            lambda: self._solve(objective, curvature_product, replicas, summed, gradient,
+                                value, damping, warm_start),
             lambda: self._rejection(gradient, damping))
         step, solution, iterations, rho, new_damping, rate, reduction = outcome
         self._apply(distribution, variables, unflatten(step, shapes),
@@ -323,15 +317,15 @@ class HessianFree(CurvatureOptimizer):
                 "other losses pass curvature='hessian' and preconditioner=None."
             ) from error
 
-    def _solve(self, objective, curvature_product, heads, summed, gradient, value, damping,
+    def _solve(self, objective, curvature_product, replicas, summed, gradient, value, damping,
                warm_start):
         preconditioner = None
         if self.preconditioner == "martens":
-            limit = math.ceil(self.preconditioner_examples / len(heads))  # Per replica.
-            squares = summed(lambda head: flatten(self._with_split_hint(
-                lambda: head.head(1.0, limit).diagonal(
-                    "empirical_fisher", chunk_size=self.chunk_size,
-                    sum_over_replicas=False))), heads)
+            limit = math.ceil(self.preconditioner_examples / len(replicas))  # Per replica.
+            parts = [replica.head(self.curvature_fraction, limit) for replica in replicas]
+            squares = summed(lambda part: flatten(self._with_split_hint(
+                lambda: part.diagonal("empirical_fisher", chunk_size=self.chunk_size,
+                                      sum_over_replicas=False))), parts)
             preconditioner = (squares + damping) ** self.preconditioner_exponent
         result = conjugate_gradient(
             lambda v: curvature_product(v) + damping * v, -gradient,
