@@ -3,6 +3,7 @@
 import warnings
 
 import keras
+import tensorflow as tf
 
 from keras_secondorder import spectrum
 from keras_secondorder._validation import one_of, positive_int
@@ -13,6 +14,33 @@ from keras_secondorder.callbacks._measure import (
     measurement_batches,
     progress_bar,
 )
+from keras_secondorder.curvature import flatten
+
+
+@keras.saving.register_keras_serializable(package="keras_secondorder")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`factor * schedule(step)`: a schedule whose scale `PowerMethodLR` sets from the curvature.
+
+    Args:
+        schedule: the `keras.optimizers.schedules.LearningRateSchedule` that gives the shape.
+        factor: the initial factor. Defaults to `1.0`.
+    """
+
+    def __init__(self, schedule, factor=1.0):
+        if isinstance(schedule, dict):
+            schedule = keras.optimizers.schedules.deserialize(schedule)
+        self.schedule = schedule
+        # A variable, so that a compiled train step sees every new factor without retracing.
+        self.factor = keras.Variable(factor, dtype="float32", trainable=False,
+                                     name="learning_rate_factor")
+
+    def __call__(self, step):
+        rate = keras.ops.convert_to_tensor(self.schedule(step))
+        return keras.ops.cast(self.factor, rate.dtype) * rate
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+                "factor": float(keras.ops.convert_to_numpy(self.factor))}
 
 
 class PowerMethodLR(keras.callbacks.Callback):
@@ -24,6 +52,13 @@ class PowerMethodLR(keras.callbacks.Callback):
     this callback estimates `λ_max` on a few hundred samples and sets the optimizer's learning
     rate to `scale / |λ_max|`. It changes nothing else: weights and the other optimizer state are
     left exactly as they were.
+
+    Optimizers that scale each weight's step by a diagonal preconditioner `P`
+    (`w <- w - learning_rate * P g`) and expose it as
+    `optimizer.diagonal_preconditioner(model, data)`, like `keras_secondorder.optimizers.SDLM`
+    (`P = 1/(h + mu)`), are measured on the scaled curvature `P^1/2 H P^1/2` instead: the same
+    theory then holds for their learning rate (the step is gradient descent in the coordinates
+    `P^-1/2 w`), so `1/λ_max` is SDLM's best `epsilon` and `2/λ_max` its edge of stability.
 
     It logs `lambda_max` and `learning_rate` at the end of every epoch; put it before History's
     consumers (CSVLogger, TensorBoard) in the callback list so that they record them.
@@ -44,8 +79,10 @@ class PowerMethodLR(keras.callbacks.Callback):
         verbose: 1 shows progress and the result. Defaults to `1`.
         seed: seed of the start vector. Defaults to `0`.
 
-    Raises:
-        ValueError: at the start of training, when the optimizer's learning rate is a schedule.
+    A learning-rate schedule keeps its shape and gets its scale from the curvature: the rate at
+    step `t` becomes `(scale / |λ_max|) * schedule(t) / schedule(0)` (LeCun's decreasing
+    epsilon for LeNet-5, say, on top of the measured optimum). The callback wraps the schedule in
+    a `ScaledSchedule` at the start of training and sets its factor at each estimate.
     """
 
     def __init__(self, data, num_samples=500, curvature="hessian", scale=1.0,
@@ -65,13 +102,12 @@ class PowerMethodLR(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer
-        if isinstance(getattr(optimizer, "_learning_rate", None),
-                      keras.optimizers.schedules.LearningRateSchedule):
-            raise ValueError(
-                f"PowerMethodLR sets the learning rate, but {type(optimizer).__name__}'s "
-                "learning rate is a schedule. Compile with a float learning rate, or scale your "
-                "schedule by the λ_max that keras_secondorder.spectrum.power_iteration gives."
-            )
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if (isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
+                and not isinstance(schedule, ScaledSchedule)):
+            optimizer.learning_rate = ScaledSchedule(schedule)
+            # A train function traced in an earlier `fit` still calls the old schedule.
+            self.model.make_train_function(force=True)
         self.estimate()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -89,6 +125,14 @@ class PowerMethodLR(keras.callbacks.Callback):
         operator = ProgressOperator(
             self.operators.get(self.model),
             progress_bar(self.max_iterations, self.verbose, f"{self.curvature} products"))
+        preconditioner = getattr(self.model.optimizer, "diagonal_preconditioner", None)
+        if preconditioner is not None:
+            # P^1/2 H P^1/2: the curvature the preconditioned step sees.
+            root = tf.linalg.LinearOperatorDiag(
+                tf.cast(tf.sqrt(flatten(preconditioner(self.model, self.batches))),
+                        operator.dtype), is_self_adjoint=True, is_positive_definite=True)
+            operator = tf.linalg.LinearOperatorComposition(
+                [root, operator, root], is_self_adjoint=True, is_square=True)
         result = spectrum.power_iteration(operator, k=1, tol=self.tol,
                                           max_iterations=self.max_iterations, seed=self.seed)
         self.lambda_max = float(result.eigenvalues[0])
@@ -96,8 +140,18 @@ class PowerMethodLR(keras.callbacks.Callback):
             warnings.warn(f"PowerMethodLR measured λ_max = {self.lambda_max}; the learning rate "
                           "is left unchanged.", stacklevel=2)
             return self.lambda_max
+        if not bool(result.converged[0]):
+            # The Rayleigh quotient approaches |λ_max| from below: the rate may be too high.
+            warnings.warn(f"PowerMethodLR: the power iteration did not reach tol={self.tol} in "
+                          f"max_iterations={self.max_iterations} products; λ_max = "
+                          f"{self.lambda_max:.6g} may be an underestimate. Raise max_iterations.",
+                          stacklevel=2)
         learning_rate = self.scale / abs(self.lambda_max)
-        self.model.optimizer.learning_rate = learning_rate
+        schedule = self.model.optimizer._learning_rate
+        if isinstance(schedule, ScaledSchedule):
+            schedule.factor.assign(learning_rate / float(schedule.schedule(0)))
+        else:
+            self.model.optimizer.learning_rate = learning_rate
         if self.verbose:
             print(f"PowerMethodLR: λ_max = {self.lambda_max:.6g} ({result.num_products} "
                   f"{self.curvature} products), learning rate set to {learning_rate:.6g}")

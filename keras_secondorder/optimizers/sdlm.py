@@ -5,6 +5,7 @@ import warnings
 import keras
 import tensorflow as tf
 
+from keras_secondorder import curvature as curvature_core
 from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.curvature import bbprop
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
@@ -95,7 +96,7 @@ class SDLM(CurvatureOptimizer):
         position = step if self.reestimate_every is None else step % self.reestimate_every
         estimating = position < window
         dtype = variables[0].dtype
-        method = self._method(curvature.model)
+        method = self.diagonal_method(curvature.model)
 
         def estimate():
             diagonal = curvature.diagonal(method, samples=self.diagonal_samples,
@@ -125,7 +126,23 @@ class SDLM(CurvatureOptimizer):
         """`epsilon / (h + mu)` for every variable."""
         return [tf.cast(self.learning_rate, h.dtype) / (h + self.mu) for h in self._curvatures]
 
-    def _method(self, model):
+    def diagonal_preconditioner(self, model, data):
+        """`P = 1 / (h + mu)` for every variable: SDLM's step is `w <- w - epsilon P g`.
+
+        `PowerMethodLR` uses it to measure `λ_max` of `P^1/2 H P^1/2`, whose `1/λ_max` is the
+        best `epsilon` for this scaling. The running `h` is used once training has estimated it;
+        before that, `h` is estimated on `data` (batches, as for `curvature.diagonal`) with this
+        optimizer's `diagonal` method.
+        """
+        if self.built and any(bool(tf.reduce_any(h > 0)) for h in self._curvatures):
+            curvatures = self._curvatures
+        else:
+            curvatures = curvature_core.diagonal(model, data, self.diagonal_method(model),
+                                                 samples=self.diagonal_samples, seed=self.seed)
+        return [1.0 / (tf.convert_to_tensor(h) + self.mu) for h in curvatures]
+
+    def diagonal_method(self, model):
+        """The `curvature.diagonal` method SDLM uses for `model` (`bbprop` falls back to `ggn`)."""
         if self.diagonal != "bbprop":
             return self.diagonal
         reason = bbprop.unsupported_reason(model)

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 from conftest import make_case
 
+import keras_secondorder as ks
 from keras_secondorder.callbacks import HessianSpectrum, PowerMethodLR
+from keras_secondorder.curvature import dense
 
 
 def least_squares(seed=0):
@@ -46,6 +48,55 @@ def test_gradient_descent_diverges_above_two_over_lambda_max(float64, scale, div
         assert abs(final - minimum) <= 1e-6 * minimum
 
 
+def scaled_lambda_max(hessian, scaling):
+    """The largest eigenvalue of `P^1/2 H P^1/2`, dense."""
+    root = np.sqrt(scaling)
+    return np.linalg.eigvalsh(root[:, None] * np.asarray(hessian) * root[None, :])[-1]
+
+
+def test_power_method_lr_measures_sdlm_on_its_scaled_curvature(float64):
+    model, x, y, _ = make_case("mlp", "ce", batch=40)
+    model = ks.wrap(model)
+    mu = 0.05
+    model.compile(optimizer=ks.optimizers.SDLM(diagonal="ggn", mu=mu, curvature_samples=40),
+                  loss="categorical_crossentropy")
+    callback = PowerMethodLR((x, y), num_samples=40, batch_size=40, every_n_epochs=1,
+                             tol=1e-12, max_iterations=2000, verbose=0)
+    # Before training: h is the exact Gauss-Newton diagonal of the measured data.
+    hessian = dense.hessian(model, x, y)
+    expected = scaled_lambda_max(hessian, 1 / (np.diag(dense.ggn(model, x, y)) + mu))
+    callback.set_model(model)
+    callback.on_train_begin()
+    np.testing.assert_allclose(callback.lambda_max, expected, rtol=1e-6)
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 1 / expected, rtol=1e-6)
+    # During training: the optimizer's running h.
+    model.fit(x, y, batch_size=40, epochs=2, verbose=0, callbacks=[callback])
+    callback.on_epoch_begin(2)
+    running = np.concatenate([np.ravel(h) for h in model.optimizer._curvatures])
+    expected = scaled_lambda_max(dense.hessian(model, x, y), 1 / (running + mu))
+    np.testing.assert_allclose(callback.lambda_max, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale,diverges", [(2.1, True), (1.9, False)])
+def test_sdlm_diverges_above_two_over_its_scaled_lambda_max(float64, scale, diverges):
+    model, x, y = least_squares()
+    model = ks.wrap(model)
+    model.compile(optimizer=ks.optimizers.SDLM(diagonal="ggn", mu=0.1, curvature_samples=64),
+                  loss="mse")
+    initial = float(model.evaluate(x, y, verbose=0))
+    callback = PowerMethodLR((x, y), num_samples=64, scale=scale, tol=1e-10,
+                             max_iterations=500, verbose=0)
+    history = model.fit(x, y, batch_size=64, epochs=200, shuffle=False, verbose=0,
+                        callbacks=[callback])
+    final = history.history["loss"][-1]
+    weights = np.linalg.lstsq(x, y, rcond=None)[0]
+    minimum = float(np.mean((x @ weights - y) ** 2))
+    if diverges:
+        assert final > 1e6 * initial
+    else:
+        assert abs(final - minimum) <= 1e-6 * minimum
+
+
 def test_power_method_lr_logs_and_reestimates(float64, tmp_path):
     model, x, y, _ = make_case("mlp", "ce", batch=40)
     callback = PowerMethodLR((x, y), num_samples=30, batch_size=16, every_n_epochs=2, verbose=0)
@@ -59,12 +110,20 @@ def test_power_method_lr_logs_and_reestimates(float64, tmp_path):
         assert {"lambda_max", "learning_rate"} <= set(next(csv.reader(handle)))
 
 
-def test_power_method_lr_refuses_schedules(float64):
+def test_power_method_lr_scales_a_schedule_keeping_its_shape(float64, tmp_path):
     model, x, y = least_squares()
-    model.compile(optimizer=keras.optimizers.SGD(
-        keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)), loss="mse")
-    with pytest.raises(ValueError, match="learning rate is a schedule"):
-        model.fit(x, y, epochs=1, verbose=0, callbacks=[PowerMethodLR((x, y), verbose=0)])
+    decay = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(decay), loss="mse")
+    callback = PowerMethodLR((x, y), num_samples=64, tol=1e-10, max_iterations=500, verbose=0)
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
+    lambda_max = np.linalg.eigvalsh(2 * x.T @ x / len(x))[-1]
+    # 4 steps per epoch: the rate logged after epoch e is (1/λ_max) * 0.5^(4e/10).
+    np.testing.assert_allclose(history.history["learning_rate"],
+                               [0.5**0.4 / lambda_max, 0.5**0.8 / lambda_max], rtol=1e-6)
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(float(restored.optimizer.learning_rate),
+                               float(model.optimizer.learning_rate), rtol=1e-6)
 
 
 def snapshot(model):
