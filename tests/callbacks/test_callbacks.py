@@ -126,6 +126,15 @@ def test_power_method_lr_scales_a_schedule_keeping_its_shape(float64, tmp_path):
                                float(model.optimizer.learning_rate), rtol=1e-6)
 
 
+def test_power_method_lr_warns_when_the_power_iteration_does_not_converge(float64):
+    model, x, y = least_squares()
+    callback = PowerMethodLR((x, y), num_samples=64, tol=1e-12, max_iterations=2, verbose=0)
+    with pytest.warns(UserWarning, match="did not reach tol=1e-12 in max_iterations=2"):
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[callback])
+    lambda_max = np.linalg.eigvalsh(2 * x.T @ x / len(x))[-1]
+    assert callback.lambda_max < lambda_max  # The Rayleigh quotient approaches from below.
+
+
 def snapshot(model):
     return [v.numpy().copy() for v in model.variables + model.optimizer.variables]
 
