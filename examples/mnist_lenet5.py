@@ -1,10 +1,11 @@
 """LeNet-5 on MNIST, then an SVM on its chopped features, exported as a SavedModel: `make demo`.
 
-1. LeNet-5 (LeCun et al. 1998) trained with SGD and momentum μ, its learning rate set by
-   PowerMethodLR from the Hessian's largest eigenvalue: rate = (1 - μ) / λ_max, so that the
-   heavy ball's effective step rate / (1 - μ) is LeCun's 1/λ_max (re-estimated every 5
-   epochs; `--lr-scale` overrides the factor). HessianSpectrum logs the top eigenvalues and
-   trace. (Once the SDLM optimizer lands, it replaces SGD here.)
+1. LeNet-5 (LeCun et al. 1998) trained with SDLM, LeCun's stochastic diagonal
+   Levenberg-Marquardt method: each weight's rate is `epsilon / (h_kk + mu)`, `h` the
+   Gauss-Newton diagonal (Becker-LeCun back-propagation) re-estimated on 500 examples every
+   epoch. PowerMethodLR sets `epsilon = scale / λ_max` of the curvature SDLM's scaling leaves,
+   `P^1/2 H P^1/2` with `P = 1/(h + mu)`, re-estimated every epoch (`--lr-scale` sets the
+   scale), times a cosine decay over the run. HessianSpectrum logs the top eigenvalues and trace.
 2. A Gaussian-kernel SVM (scikit-learn) on the standardized F6 features of the trained net,
    turned into one Keras model whose predictions equal sklearn's.
 3. Both exported in TensorFlow Serving's layout and verified with TensorFlow alone.
@@ -18,19 +19,36 @@ Run: python examples/mnist_lenet5.py [--epochs 6] [--distortions none|affine|ela
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 import time
 
 import keras
 import numpy as np
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 
+import keras_secondorder
 from keras_secondorder import models, svm
 from keras_secondorder.callbacks import HessianSpectrum, PowerMethodLR
 from keras_secondorder.datasets import lenet_preprocess, mnist, mnist_dataset
+from keras_secondorder.optimizers import SDLM
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from export import savedmodel  # noqa: E402
+
+
+def choose_c(model, images, labels, grid):
+    """The C of `grid` with the best 3-fold cross-validated accuracy on the chopped features."""
+    if len(grid) == 1:
+        return grid[0]
+    features = svm.KerasFeatures(model).fit_transform(images)  # Computed once for all folds.
+    on_features = Pipeline([("scale", StandardScaler()), ("svc", SVC(gamma="scale"))])
+    search = GridSearchCV(on_features, {"svc__C": grid}, cv=3).fit(features, labels)
+    return search.best_params_["svc__C"]
 
 
 def main():
@@ -39,12 +57,14 @@ def main():
     parser.add_argument("--distortions", default="none",
                         choices=["none", "affine", "elastic", "both"])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--lr-scale", type=float, default=None,
-                        help="learning rate = lr_scale / λ_max of the Hessian; default "
-                             "1 - momentum, an effective heavy-ball step of 1/λ_max")
+    parser.add_argument("--mu", type=float, default=0.05, help="SDLM's damping")
+    parser.add_argument("--lr-scale", type=float, default=1.0,
+                        help="SDLM's epsilon = lr_scale / λ_max of the scaled Hessian")
+    parser.add_argument("--weight-decay", type=float, default=1e-2,
+                        help="decoupled weight decay: w <- w - epsilon * weight_decay * w")
     parser.add_argument("--svm-samples", type=int, default=10000)
-    parser.add_argument("--svm-c", type=float, default=10.0)
+    parser.add_argument("--svm-c", type=float, nargs="+", default=[1.0, 10.0, 100.0],
+                        help="the SVM's C, chosen by 3-fold cross-validation when several")
     parser.add_argument("--output", default="artifacts")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", default=None, help="also write the results to this file")
@@ -60,12 +80,16 @@ def main():
     test = mnist_dataset("test", 1000, data_dir=args.data_dir)
     measured = (lenet_preprocess(x_train[:1000]).numpy(), y_train[:1000].astype("int32"))
 
-    model = models.lenet5()
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=args.momentum),
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    model = keras_secondorder.wrap(models.lenet5())
+    # PowerMethodLR scales this shape: epsilon_t = (lr_scale / λ_max) * cos-decay(t), as LeCun
+    # decreased epsilon over the passes.
+    shape = keras.optimizers.schedules.CosineDecay(1.0, args.epochs * steps_per_epoch)
+    model.compile(optimizer=SDLM(shape, mu=args.mu, reestimate_every=steps_per_epoch,
+                                      weight_decay=args.weight_decay or None),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    lr_scale = 1.0 - args.momentum if args.lr_scale is None else args.lr_scale
-    learning_rate = PowerMethodLR(measured, num_samples=500, scale=lr_scale,
-                                  every_n_epochs=5, verbose=0)
+    learning_rate = PowerMethodLR(measured, num_samples=500, scale=args.lr_scale,
+                                  every_n_epochs=1, verbose=0)
     spectrum = HessianSpectrum(measured, every_n_epochs=max(args.epochs // 2, 1), k=3,
                                num_samples=500, trace_probes=10, density_iterations=30,
                                verbose=0)
@@ -79,9 +103,10 @@ def main():
     model.save(model_path)
 
     start = time.perf_counter()
-    pipeline = svm.svm_pipeline(model, C=args.svm_c)
-    pipeline.fit(lenet_preprocess(x_train[: args.svm_samples]).numpy(),
-                 y_train[: args.svm_samples])
+    svm_images = lenet_preprocess(x_train[: args.svm_samples]).numpy()
+    svm_targets = y_train[: args.svm_samples]
+    svm_c = choose_c(model, svm_images, svm_targets, args.svm_c)
+    pipeline = svm.svm_pipeline(model, C=svm_c).fit(svm_images, svm_targets)
     combined = svm.svm_model(pipeline)
     test_images = lenet_preprocess(x_test).numpy()
     votes = combined.predict(test_images, batch_size=1000, verbose=0)
@@ -102,11 +127,12 @@ def main():
 
     results = {
         "epochs": args.epochs, "distortions": args.distortions, "batch_size": args.batch_size,
-        "momentum": args.momentum, "lr_scale": lr_scale,
-        "lambda_max": learning_rate.lambda_max,
+        "optimizer": "SDLM", "mu": args.mu, "lr_scale": args.lr_scale,
+        "weight_decay": args.weight_decay,
+        "lambda_max": history["lambda_max"],
         "learning_rate": history["learning_rate"], "train_seconds": train_seconds,
         "test_error_conv_net": conv_error, "test_error_conv_net_svm": svm_error,
-        "svm_samples": args.svm_samples, "svm_c": args.svm_c,
+        "svm_samples": args.svm_samples, "svm_c": svm_c, "svm_c_grid": args.svm_c,
         "support_vectors": int(len(pipeline.named_steps["svc"].support_)),
         "svm_seconds": svm_seconds, "keras_svm_agrees_with_sklearn": agreement,
         "hessian_top_1": history.get("hessian_top_1"), "exported": exported,
@@ -114,9 +140,9 @@ def main():
     print(f"\n{'model':<28}{'test error':>12}")
     print(f"{'LeNet-5':<28}{100 * conv_error:>11.2f}%")
     print(f"{'LeNet-5 + SVM on F6':<28}{100 * svm_error:>11.2f}%")
-    print(f"Learning rate from the Hessian: λ_max = {learning_rate.lambda_max:.4g}, rates by "
-          f"epoch {', '.join(f'{r:.3g}' for r in history['learning_rate'])} (momentum "
-          f"{args.momentum}); training {train_seconds:.0f} s, SVM {svm_seconds:.0f} s "
+    print(f"SDLM's epsilon from the scaled Hessian: last λ_max = {learning_rate.lambda_max:.4g}, "
+          f"epsilon by epoch {', '.join(f'{r:.3g}' for r in history['learning_rate'])} (mu "
+          f"{args.mu}); training {train_seconds:.0f} s, SVM {svm_seconds:.0f} s "
           f"({results['support_vectors']} support vectors), Keras SVM = sklearn on "
           f"{100 * agreement:.2f}% of the test set.")
     for name, info in exported.items():
