@@ -27,9 +27,9 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from _common import RESULTS, environment, write
 
 import keras_secondorder as ks
-from benchmarks._common import RESULTS, environment, write
 from keras_secondorder.datasets import lenet_preprocess, mnist
 from keras_secondorder.models import SparseInitializer, deep_autoencoder, lenet5
 

@@ -10,8 +10,8 @@
    turned into one Keras model whose predictions equal sklearn's.
 3. Both exported in TensorFlow Serving's layout and verified with TensorFlow alone.
 
-The default (6 epochs, no distortions, SVM on 10,000 training images) takes about 90 seconds on
-two CPU cores; `--epochs 20 --distortions both` is the full reproduction.
+The default (6 epochs, no distortions, SVM on 10,000 training images) takes about DEMO_TIME on
+two CPU cores; `--epochs 20 --distortions elastic --svm-samples 60000` is the full run.
 
 Run: python examples/mnist_lenet5.py [--epochs 6] [--distortions none|affine|elastic|both]
      [--svm-samples 10000] [--output artifacts] [--json results.json]

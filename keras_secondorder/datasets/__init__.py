@@ -3,10 +3,12 @@
 from keras_secondorder.datasets.lenet import (
     BACKGROUND,
     FOREGROUND,
-    affine_distortion,
+    affine_coordinates,
+    distort,
     elastic_distortion,
     lenet_preprocess,
     mnist_dataset,
+    random_affine,
 )
 from keras_secondorder.datasets.mnist import DATA_ENV_VAR, mnist
 
@@ -14,9 +16,11 @@ __all__ = [
     "BACKGROUND",
     "DATA_ENV_VAR",
     "FOREGROUND",
-    "affine_distortion",
+    "affine_coordinates",
+    "distort",
     "elastic_distortion",
     "lenet_preprocess",
     "mnist",
     "mnist_dataset",
+    "random_affine",
 ]

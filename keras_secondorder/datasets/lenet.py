@@ -2,7 +2,6 @@
 
 import math
 
-import keras
 import tensorflow as tf
 
 from keras_secondorder._validation import one_of
@@ -39,20 +38,98 @@ def elastic_distortion(images, seed, alpha=34.0, sigma=4.0):
     Returns:
         The distorted images, same shape.
     """
+    return distort(images, seed, affine=False, elastic=True, alpha=alpha, sigma=sigma)
+
+
+def random_affine(count, seed, rotation=7.5, scale=0.1, shear=0.15, translation=2.0):
+    """LeNet's affine distortions as `count` random maps: rotation, scaling, shear, translation.
+
+    An output pixel `p` (row, column) samples the input at `c + A (p - c) + t`, `c` the image's
+    centre, with `A = rotation(θ) · shear(k) · diag(s_y, s_x)`: θ uniform in ±`rotation`
+    degrees, `s_y`, `s_x` in 1 ± `scale` (scaling and squeezing), the horizontal shear `k` in
+    ±`shear`, and `t` in ±`translation` pixels per axis.
+
+    Returns:
+        `(matrices, offsets)`: `(count, 2, 2)` and `(count, 2)` float32, in (row, column) order.
+    """
+    draws = tf.random.stateless_uniform([count, 6], seed, -1.0, 1.0, alg="philox")
+    angle = draws[:, 0] * rotation * math.pi / 180.0
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    scale_y, scale_x = 1.0 + scale * draws[:, 1], 1.0 + scale * draws[:, 2]
+    shear = shear * draws[:, 3]
+    # [[cos, -sin], [sin, cos]] @ [[1, 0], [shear, 1]] @ diag(scale_y, scale_x)
+    matrices = tf.stack([
+        tf.stack([(cos - sin * shear) * scale_y, -sin * scale_x], axis=-1),
+        tf.stack([(sin + cos * shear) * scale_y, cos * scale_x], axis=-1),
+    ], axis=1)
+    return matrices, translation * draws[:, 4:6]
+
+
+def affine_coordinates(shape, matrices, offsets):
+    """The source rows and columns `c + A (p - c) + t` of every output pixel `p`.
+
+    Args:
+        shape: `(n, h, w)`.
+        matrices, offsets: `(n, 2, 2)` and `(n, 2)`, as `random_affine` returns them.
+
+    Returns:
+        Two `(n, h, w)` tensors: rows and columns to sample at.
+    """
+    h, w = shape[1], shape[2]
+    rows, columns = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32),
+                                indexing="ij")
+    centre_y, centre_x = (tf.cast(h, tf.float32) - 1) / 2, (tf.cast(w, tf.float32) - 1) / 2
+    dy, dx = (rows - centre_y)[None], (columns - centre_x)[None]
+
+    def entry(i, j):
+        return matrices[:, i, j, None, None]
+
+    y = centre_y + entry(0, 0) * dy + entry(0, 1) * dx + offsets[:, 0, None, None]
+    x = centre_x + entry(1, 0) * dy + entry(1, 1) * dx + offsets[:, 1, None, None]
+    return y, x
+
+
+def distort(images, seed, affine=True, elastic=True, alpha=34.0, sigma=4.0):
+    """Affine and/or elastic distortions composed into one map, resampled once.
+
+    Keras's `RandomRotation`, `RandomZoom`, `RandomShear` and `RandomTranslation` would each
+    resample the image, and so would the elastic field after them: five bilinear resamplings
+    blur the digits and make training images unlike the sharp test images. Here the affine map
+    (`random_affine`) and the elastic displacement (`elastic_distortion`) are added into one
+    field of source positions, sampled once.
+
+    Args:
+        images: float `(n, h, w, 1)` images.
+        seed: a stateless seed, shape `(2,)`.
+        affine: apply `random_affine`'s distortions. Defaults to `True`.
+        elastic: apply the elastic field. Defaults to `True`.
+        alpha, sigma: the elastic field's, see `elastic_distortion`.
+
+    Returns:
+        The distorted images, same shape.
+    """
     shape = tf.shape(images)
     n, h, w = shape[0], shape[1], shape[2]
-    field = tf.random.stateless_uniform(tf.stack([n, h, w, 2]), seed, -1.0, 1.0, alg="philox")
-    radius = int(math.ceil(3 * sigma))
-    taps = tf.exp(-0.5 * (tf.range(-radius, radius + 1, dtype=tf.float32) / sigma) ** 2)
-    taps /= tf.reduce_sum(taps)
-    # Separable Gaussian smoothing of both displacement channels (depthwise).
-    rows = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, 2, 1])
-    columns = tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, 2, 1])
-    field = tf.nn.depthwise_conv2d(field, rows, [1, 1, 1, 1], "SAME")
-    field = alpha * tf.nn.depthwise_conv2d(field, columns, [1, 1, 1, 1], "SAME")
-    grid_y, grid_x = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32),
-                                 indexing="ij")
-    return _bilinear(images, grid_y + field[..., 1], grid_x + field[..., 0])
+    affine_seed, elastic_seed = tf.unstack(tf.random.split(seed, 2, alg="philox"))
+    if affine:
+        y, x = affine_coordinates(shape, *random_affine(n, affine_seed))
+    else:
+        rows, columns = tf.meshgrid(tf.range(h, dtype=tf.float32),
+                                    tf.range(w, dtype=tf.float32), indexing="ij")
+        y, x = (tf.broadcast_to(grid, tf.stack([n, h, w])) for grid in (rows, columns))
+    if elastic:
+        field = tf.random.stateless_uniform(tf.stack([n, h, w, 2]), elastic_seed, -1.0, 1.0,
+                                            alg="philox")
+        radius = int(math.ceil(3 * sigma))
+        taps = tf.exp(-0.5 * (tf.range(-radius, radius + 1, dtype=tf.float32) / sigma) ** 2)
+        taps /= tf.reduce_sum(taps)
+        # Separable Gaussian smoothing of both displacement channels (depthwise).
+        rows = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, 2, 1])
+        columns = tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, 2, 1])
+        field = tf.nn.depthwise_conv2d(field, rows, [1, 1, 1, 1], "SAME")
+        field = alpha * tf.nn.depthwise_conv2d(field, columns, [1, 1, 1, 1], "SAME")
+        y, x = y + field[..., 1], x + field[..., 0]
+    return _bilinear(images, y, x)
 
 
 def _bilinear(images, y, x):
@@ -73,21 +150,6 @@ def _bilinear(images, y, x):
     top = (1 - wx) * at(y0, x0) + wx * at(y0, x1)
     bottom = (1 - wx) * at(y1, x0) + wx * at(y1, x1)
     return ((1 - wy) * top + wy * bottom)[..., None]
-
-
-def affine_distortion(seed):
-    """Keras layers for LeNet's affine distortions: rotation, scaling, shearing, translation.
-
-    Ranges: rotation ±7.5°, scale ±10%, horizontal shear ±0.15, translation ±2 pixels; the
-    background fills what comes in from outside.
-    """
-    fill = dict(fill_mode="constant", fill_value=BACKGROUND)
-    return keras.Sequential([
-        keras.layers.RandomRotation(7.5 / 360, seed=seed, **fill),
-        keras.layers.RandomZoom(0.1, seed=seed + 1, **fill),
-        keras.layers.RandomShear(x_factor=0.15, seed=seed + 2, **fill),
-        keras.layers.RandomTranslation(2 / 32, 2 / 32, seed=seed + 3, **fill),
-    ], name="affine_distortion")
 
 
 def mnist_dataset(split="train", batch_size=128, distortions=None, shuffle=None, seed=0,
@@ -129,15 +191,11 @@ def mnist_dataset(split="train", batch_size=128, distortions=None, shuffle=None,
 
 
 def _distort(dataset, distortions, seed):
-    affine = affine_distortion(seed) if distortions in ("affine", "both") else None
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    affine, elastic = distortions in ("affine", "both"), distortions in ("elastic", "both")
 
-    def distort(batch, batch_seed):
+    def apply(batch, batch_seed):
         images, labels = batch
-        if affine is not None:
-            images = affine(images, training=True)
-        if distortions in ("elastic", "both"):
-            images = elastic_distortion(images, batch_seed)
-        return images, labels
+        return distort(images, batch_seed, affine=affine, elastic=elastic), labels
 
-    return tf.data.Dataset.zip((dataset, seeds)).map(distort)
+    return tf.data.Dataset.zip((dataset, seeds)).map(apply)

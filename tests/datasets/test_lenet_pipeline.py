@@ -10,9 +10,12 @@ from keras_secondorder.datasets import (
     BACKGROUND,
     DATA_ENV_VAR,
     FOREGROUND,
+    affine_coordinates,
+    distort,
     elastic_distortion,
     lenet_preprocess,
     mnist_dataset,
+    random_affine,
 )
 
 needs_mnist = pytest.mark.skipif(not os.environ.get(DATA_ENV_VAR),
@@ -46,6 +49,34 @@ def test_bilinear_resampling_shifts_exactly():
     np.testing.assert_allclose(shifted.numpy(), images[0, :, 1:, 0].numpy())
     half = _bilinear(images, grid_y[None], grid_x[None] + 0.5)[0, :, :3, 0]
     np.testing.assert_allclose(half.numpy(), (images[0, :, :3, 0] + images[0, :, 1:, 0]) / 2)
+
+
+def test_affine_map_rotates_about_the_centre_exactly():
+    images = tf.random.stateless_uniform([2, 6, 6, 1], [1, 2])
+    quarter_turn = tf.constant([[[0.0, 1.0], [-1.0, 0.0]]] * 2)  # Source (c_y + dx, c_x - dy).
+    from keras_secondorder.datasets.lenet import _bilinear
+
+    y, x = affine_coordinates(tf.shape(images), quarter_turn, tf.zeros([2, 2]))
+    rotated = _bilinear(images, y, x)
+    np.testing.assert_allclose(rotated.numpy(), np.rot90(images.numpy(), k=1, axes=(1, 2)),
+                               atol=1e-6)
+    y, x = affine_coordinates(tf.shape(images), tf.eye(2, batch_shape=[2]),
+                              tf.constant([[0.0, 1.0], [0.0, 1.0]]))
+    np.testing.assert_allclose(_bilinear(images, y, x)[:, :, :5].numpy(),
+                               images[:, :, 1:].numpy(), atol=1e-6)
+
+
+def test_random_affine_stays_in_its_ranges_and_zero_ranges_are_the_identity():
+    matrices, offsets = random_affine(1000, [3, 4])
+    assert np.all(np.abs(offsets.numpy()) <= 2.0)
+    determinants = np.linalg.det(matrices.numpy())  # Rotation and shear keep area.
+    assert determinants.min() >= 0.9**2 - 1e-6 and determinants.max() <= 1.1**2 + 1e-6
+    matrices, offsets = random_affine(4, [3, 4], rotation=0.0, scale=0.0, shear=0.0,
+                                      translation=0.0)
+    np.testing.assert_array_equal(matrices.numpy(), np.tile(np.eye(2), (4, 1, 1)))
+    images = lenet_preprocess(np.random.default_rng(0).integers(0, 256, (4, 28, 28)))
+    same = distort(images, [1, 2], affine=False, elastic=False)
+    np.testing.assert_allclose(same.numpy(), images.numpy(), atol=1e-6)
 
 
 def test_elastic_distortion_is_deterministic_and_stays_in_range():
