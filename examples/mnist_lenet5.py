@@ -10,7 +10,7 @@
    turned into one Keras model whose predictions equal sklearn's.
 3. Both exported in TensorFlow Serving's layout and verified with TensorFlow alone.
 
-The default (6 epochs, no distortions, SVM on 10,000 training images) takes about DEMO_TIME on
+The default (6 epochs, no distortions, SVM on 10,000 training images) takes about two minutes on
 two CPU cores; `--epochs 20 --distortions elastic --svm-samples 60000` is the full run.
 
 Run: python examples/mnist_lenet5.py [--epochs 6] [--distortions none|affine|elastic|both]
