@@ -27,9 +27,6 @@ import time
 import keras
 import numpy as np
 from sklearn.model_selection import GridSearchCV
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
 
 import keras_secondorder
 from keras_secondorder import models, svm
@@ -41,14 +38,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from export import savedmodel  # noqa: E402
 
 
-def choose_c(model, images, labels, grid):
-    """The C of `grid` with the best 3-fold cross-validated accuracy on the chopped features."""
-    if len(grid) == 1:
-        return grid[0]
-    features = svm.KerasFeatures(model).fit_transform(images)  # Computed once for all folds.
-    on_features = Pipeline([("scale", StandardScaler()), ("svc", SVC(gamma="scale"))])
-    search = GridSearchCV(on_features, {"svc__C": grid}, cv=3).fit(features, labels)
-    return search.best_params_["svc__C"]
+def fit_svm(model, images, labels, grid):
+    """`svm.svm_pipeline(model)` fitted, its C chosen from `grid` by 3-fold cross-validation.
+
+    The chopped features are computed once: the search runs on the scaler and SVC steps.
+    """
+    pipeline = svm.svm_pipeline(model)
+    features = pipeline[0].fit_transform(images)
+    search = GridSearchCV(pipeline[1:], {"svc__C": grid}, cv=3).fit(features, labels)
+    pipeline.steps[1:] = search.best_estimator_.steps
+    return pipeline
 
 
 def main():
@@ -105,8 +104,8 @@ def main():
     start = time.perf_counter()
     svm_images = lenet_preprocess(x_train[: args.svm_samples]).numpy()
     svm_targets = y_train[: args.svm_samples]
-    svm_c = choose_c(model, svm_images, svm_targets, args.svm_c)
-    pipeline = svm.svm_pipeline(model, C=svm_c).fit(svm_images, svm_targets)
+    pipeline = fit_svm(model, svm_images, svm_targets, args.svm_c)
+    svm_c = pipeline.named_steps["svc"].C
     combined = svm.svm_model(pipeline)
     test_images = lenet_preprocess(x_test).numpy()
     votes = combined.predict(test_images, batch_size=1000, verbose=0)

@@ -109,27 +109,31 @@ def distort(images, seed, affine=True, elastic=True, alpha=34.0, sigma=4.0):
         The distorted images, same shape.
     """
     shape = tf.shape(images)
-    n, h, w = shape[0], shape[1], shape[2]
+    n = shape[0]
     affine_seed, elastic_seed = tf.unstack(tf.random.split(seed, 2, alg="philox"))
     if affine:
-        y, x = affine_coordinates(shape, *random_affine(n, affine_seed))
+        maps = random_affine(n, affine_seed)
     else:
-        rows, columns = tf.meshgrid(tf.range(h, dtype=tf.float32),
-                                    tf.range(w, dtype=tf.float32), indexing="ij")
-        y, x = (tf.broadcast_to(grid, tf.stack([n, h, w])) for grid in (rows, columns))
+        maps = tf.eye(2, batch_shape=[n]), tf.zeros([n, 2])
+    y, x = affine_coordinates(shape, *maps)
     if elastic:
-        field = tf.random.stateless_uniform(tf.stack([n, h, w, 2]), elastic_seed, -1.0, 1.0,
-                                            alg="philox")
-        radius = int(math.ceil(3 * sigma))
-        taps = tf.exp(-0.5 * (tf.range(-radius, radius + 1, dtype=tf.float32) / sigma) ** 2)
-        taps /= tf.reduce_sum(taps)
-        # Separable Gaussian smoothing of both displacement channels (depthwise).
-        rows = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, 2, 1])
-        columns = tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, 2, 1])
-        field = tf.nn.depthwise_conv2d(field, rows, [1, 1, 1, 1], "SAME")
-        field = alpha * tf.nn.depthwise_conv2d(field, columns, [1, 1, 1, 1], "SAME")
+        field = _elastic_field(shape, elastic_seed, alpha, sigma)
         y, x = y + field[..., 1], x + field[..., 0]
     return _bilinear(images, y, x)
+
+
+def _elastic_field(shape, seed, alpha, sigma):
+    """Simard's displacement `(n, h, w, 2)` (x, y): uniform noise, Gaussian-smoothed, scaled."""
+    field = tf.random.stateless_uniform(tf.stack([shape[0], shape[1], shape[2], 2]), seed,
+                                        -1.0, 1.0, alg="philox")
+    radius = int(math.ceil(3 * sigma))
+    taps = tf.exp(-0.5 * (tf.range(-radius, radius + 1, dtype=tf.float32) / sigma) ** 2)
+    taps /= tf.reduce_sum(taps)
+    # Separable Gaussian smoothing of both displacement channels (depthwise).
+    rows = tf.tile(tf.reshape(taps, [-1, 1, 1, 1]), [1, 1, 2, 1])
+    columns = tf.tile(tf.reshape(taps, [1, -1, 1, 1]), [1, 1, 2, 1])
+    field = tf.nn.depthwise_conv2d(field, rows, [1, 1, 1, 1], "SAME")
+    return alpha * tf.nn.depthwise_conv2d(field, columns, [1, 1, 1, 1], "SAME")
 
 
 def _bilinear(images, y, x):
