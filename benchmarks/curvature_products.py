@@ -1,9 +1,9 @@
 """Time of the curvature products as multiples of one gradient, same run, same data.
 
-LeNet-5 on a batch of 256 MNIST images and the 784-1000-500-250-30 deep autoencoder on a batch of
-1000. Every function is a `tf.function` returning one scalar (the sum of its result, so all of it
-is computed); medians of `--runs` interleaved runs after `--warmup` calls. Writes
-benchmarks/results/curvature_products.{json,md}.
+LeNet-5 on batches of 256 and 1000 MNIST images (the latter as in benchmarks/spectrum.py) and the
+784-1000-500-250-30 deep autoencoder on a batch of 1000. Every function is a `tf.function`
+returning one scalar (the sum of its result, so all of it is computed); medians of `--runs`
+interleaved runs after `--warmup` calls. Writes benchmarks/results/curvature_products.{json,md}.
 
 Run: python benchmarks/curvature_products.py [--runs 20] [--warmup 3]
 """
@@ -25,10 +25,10 @@ def cases():
     lenet.compile(loss="sparse_categorical_crossentropy")
     autoencoder = models.deep_autoencoder("mnist")
     autoencoder.compile(loss="binary_crossentropy")
-    x, y = mnist_batch(256, padded=True)
+    x, y = mnist_batch(1000, padded=True)
     images, _ = mnist_batch(1000)
-    return {"LeNet-5, batch 256": (lenet, x, y), "deep autoencoder, batch 1000": (autoencoder,
-                                                                                   images, images)}
+    return {"LeNet-5, batch 256": (lenet, x[:256], y[:256]), "LeNet-5, batch 1000": (lenet, x, y),
+            "deep autoencoder, batch 1000": (autoencoder, images, images)}
 
 
 def functions(model, x, y, jit_compile):

@@ -48,10 +48,18 @@ class PowerMethodLR(keras.callbacks.Callback):
 
     For a quadratic with largest curvature `λ_max`, gradient descent converges fastest along that
     direction at `η = 1/λ_max` and diverges above `2/λ_max` (LeCun, Simard and Pearlmutter 1993;
-    "Efficient BackProp" 1998). Before training, and optionally every `every_n_epochs` epochs,
-    this callback estimates `λ_max` on a few hundred samples and sets the optimizer's learning
-    rate to `scale / |λ_max|`. It changes nothing else: weights and the other optimizer state are
-    left exactly as they were.
+    "Efficient BackProp" 1998). Before training, and optionally every `every_n_epochs` epochs
+    or every `every_n_steps` steps, this callback estimates `λ_max` on a few hundred samples and
+    sets the optimizer's learning rate to `scale / |λ_max|`. Each estimate after the first starts
+    from the previous eigenvector, so it takes a few products. It changes nothing else: weights
+    and the other optimizer state are left exactly as they were.
+
+    Why re-estimate, and why not too eagerly: `λ_max` at initialization is often several times
+    its value a few hundred steps later, so one estimate before training gives a conservative rate
+    for the rest of it. Following `λ_max` step by step with small batches can overshoot instead:
+    a larger rate drives the weights to flatter regions, `λ_max` falls further and the rate keeps
+    rising until gradient noise dominates (benchmarks/spectrum.py measures both). A schedule
+    (below) or re-estimates every epoch or so are the safe middle.
 
     Optimizers that scale each weight's step by a diagonal preconditioner `P`
     (`w <- w - learning_rate * P g`) and expose it as
@@ -71,8 +79,9 @@ class PowerMethodLR(keras.callbacks.Callback):
             `"hessian"`.
         scale: the learning rate is `scale / |λ_max|`; 1 is LeCun's optimum, 2 the edge of
             stability. Defaults to `1.0`.
-        every_n_epochs: re-estimate at the start of every n-th epoch. Defaults to `None`:
-            only before training.
+        every_n_epochs: re-estimate at the start of every n-th epoch. Defaults to `None`.
+        every_n_steps: re-estimate before every n-th training step (counted across epochs).
+            Defaults to `None`. With neither, `λ_max` is estimated only before training.
         tol: relative tolerance of the power iteration. Defaults to `1e-3`.
         max_iterations: products at most per estimate. Defaults to `50`.
         batch_size: examples per curvature product batch. Defaults to `250`.
@@ -86,19 +95,23 @@ class PowerMethodLR(keras.callbacks.Callback):
     """
 
     def __init__(self, data, num_samples=500, curvature="hessian", scale=1.0,
-                 every_n_epochs=None, tol=1e-3, max_iterations=50, batch_size=250, verbose=1,
-                 seed=0):
+                 every_n_epochs=None, every_n_steps=None, tol=1e-3, max_iterations=50,
+                 batch_size=250, verbose=1, seed=0):
         super().__init__()
         one_of(curvature, "curvature", ("hessian", "ggn"))
         if not scale > 0:
             raise ValueError(f"`scale` must be positive; received {scale!r}.")
-        if every_n_epochs is not None:
-            positive_int(every_n_epochs, "every_n_epochs")
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            if value is not None:
+                positive_int(value, name)
         self.batches = measurement_batches(data, num_samples, batch_size)
         self.operators = OperatorCache(curvature, self.batches)
-        self.curvature, self.scale, self.every_n_epochs = curvature, scale, every_n_epochs
+        self.curvature, self.scale = curvature, scale
+        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.tol, self.max_iterations, self.verbose, self.seed = tol, max_iterations, verbose, seed
         self.lambda_max = None
+        self.eigenvector = None  # The last estimate's, the next one's start.
+        self._estimated_at = 0  # The optimizer's step count at the last estimate.
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer
@@ -113,6 +126,15 @@ class PowerMethodLR(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self.every_n_epochs and epoch > 0 and epoch % self.every_n_epochs == 0:
             self.estimate()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Counted by the optimizer, so that `steps_per_execution > 1` (one call per execution)
+        # re-estimates after at least, not exactly, `every_n_steps` steps.
+        if self.every_n_steps and self._iterations() - self._estimated_at >= self.every_n_steps:
+            self.estimate()
+
+    def _iterations(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -134,8 +156,11 @@ class PowerMethodLR(keras.callbacks.Callback):
             operator = tf.linalg.LinearOperatorComposition(
                 [root, operator, root], is_self_adjoint=True, is_square=True)
         result = spectrum.power_iteration(operator, k=1, tol=self.tol,
-                                          max_iterations=self.max_iterations, seed=self.seed)
+                                          max_iterations=self.max_iterations, seed=self.seed,
+                                          initial_vectors=self.eigenvector)
         self.lambda_max = float(result.eigenvalues[0])
+        self.eigenvector = result.eigenvectors
+        self._estimated_at = self._iterations()
         if not is_finite(self.lambda_max) or self.lambda_max == 0.0:
             warnings.warn(f"PowerMethodLR measured λ_max = {self.lambda_max}; the learning rate "
                           "is left unchanged.", stacklevel=2)

@@ -25,7 +25,7 @@ Attributes:
 """
 
 
-def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0):
+def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0, initial_vectors=None):
     """The `k` eigenvalues of largest magnitude, by power iteration with deflation.
 
     Each eigenpair is iterated on `A - sum_j λ_j u_j u_jᵀ` (the pairs found before it), until
@@ -38,18 +38,30 @@ def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0):
         tol: relative change of the eigenvalue estimate at which to stop. Defaults to `1e-4`.
         max_iterations: products per eigenpair at most. Defaults to `100`.
         seed: seed of the random start vectors. Defaults to `0`.
+        initial_vectors: `(k, P)` start vectors in place of random ones, e.g. the
+            `eigenvectors` of an earlier call on a nearby operator (the same model a few steps
+            of training later): a warm start converges in a few products. Defaults to `None`.
 
     Returns:
         A `PowerIterationResult`.
     """
     dimension = check_operator(operator)
     positive_int(k, "k")
+    if initial_vectors is not None:
+        initial_vectors = tf.cast(initial_vectors, tf.float64)
+        if initial_vectors.shape != (k, dimension) or not bool(
+                tf.reduce_all(tf.norm(initial_vectors, axis=1) > 0)):
+            raise ValueError(f"`initial_vectors` must be {k} nonzero rows of length {dimension} "
+                             f"(shape (k, P)); received shape {tuple(initial_vectors.shape)}.")
     positive_int(max_iterations, "max_iterations")
     if not tol > 0:
         raise ValueError(f"`tol` must be positive; received {tol!r}.")
     eigenvalues, eigenvectors, converged, num_products = [], [], [], 0
     for index in range(k):
-        vector = random_unit_vector(dimension, seed, index)
+        if initial_vectors is None:
+            vector = random_unit_vector(dimension, seed, index)
+        else:
+            vector = initial_vectors[index] / tf.norm(initial_vectors[index])
         estimate, done = None, False
         for _ in range(max_iterations):
             product = apply(operator, vector)

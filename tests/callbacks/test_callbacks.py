@@ -100,6 +100,34 @@ def test_power_method_lr_logs_and_reestimates(float64, tmp_path):
         assert {"lambda_max", "learning_rate"} <= set(next(csv.reader(handle)))
 
 
+# With 2 steps per execution the callback sees steps 0, 2, 4, ...: the first >= 3 after 0 is 4.
+@pytest.mark.parametrize("steps_per_execution,period", [(1, 3), (2, 4)])
+def test_power_method_lr_every_n_steps_follows_the_hessian(float64, steps_per_execution, period):
+    model, x, y, _ = make_case("mlp", "ce", batch=40)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy",
+                  steps_per_execution=steps_per_execution)
+    callback = PowerMethodLR((x, y), num_samples=40, batch_size=40, every_n_steps=3, tol=1e-12,
+                             max_iterations=2000, verbose=0)
+    seen = []  # (step, learning rate, 1/λ_max of the dense Hessian) before each execution.
+
+    def record(batch, logs):
+        top = np.linalg.eigvalsh(dense.hessian(model, x, y))
+        seen.append((int(model.optimizer.iterations), float(model.optimizer.learning_rate),
+                     1 / np.max(np.abs(top))))
+
+    recorder = keras.callbacks.LambdaCallback(on_train_batch_begin=record)
+    # 20 steps of 4 examples, 10 per epoch: the count runs across epochs.
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[callback, recorder])
+    estimated_at = range(0, 20, period)
+    rates = {step: rate for step, rate, _ in seen}
+    for step, rate, expected in seen:
+        if step in estimated_at:
+            np.testing.assert_allclose(rate, expected, rtol=1e-6)
+        else:  # Unchanged since the last estimate.
+            assert rate == rates[max(s for s in estimated_at if s < step)]
+    assert len({rate for _, rate, _ in seen}) == len(estimated_at)  # The Hessian moved.
+
+
 def test_power_method_lr_scales_a_schedule_keeping_its_shape(float64, tmp_path):
     model, x, y = least_squares()
     decay = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)

@@ -40,6 +40,16 @@ def test_power_iteration_with_deflation(hessian_case):
     assert bool(tf.reduce_all(result.converged)) and result.num_products <= 3 * 2000
 
 
+def test_power_iteration_warm_start(hessian_case):
+    operator, eigenvalues = hessian_case
+    top = eigenvalues[np.argmax(np.abs(eigenvalues))]
+    cold = spectrum.power_iteration(operator, tol=1e-10, max_iterations=2000)
+    # From the eigenvector itself: two products (two equal Rayleigh quotients) and the eigenvalue.
+    warm = spectrum.power_iteration(operator, tol=1e-10, initial_vectors=7.0 * cold.eigenvectors)
+    assert warm.num_products == 2 and cold.num_products > 10
+    np.testing.assert_allclose(warm.eigenvalues.numpy(), [top], rtol=1e-8)
+
+
 def test_density_integrates_to_one_and_matches_histogram(hessian_case):
     operator, eigenvalues = hessian_case
     result = spectrum.spectral_density(operator, num_probes=20, num_iterations=40)
@@ -91,6 +101,10 @@ def test_exact_eigenvalues_of_the_ggn_are_nonnegative(float64):
     (lambda op: spectrum.lanczos(op, k=0), "`k` must be a positive integer"),
     (lambda op: spectrum.lanczos(op, which="top"), "`which` must be"),
     (lambda op: spectrum.power_iteration(op, tol=0), "`tol` must be positive"),
+    (lambda op: spectrum.power_iteration(op, k=2, initial_vectors=tf.ones((1, op.shape[0]))),
+     r"`initial_vectors` must be 2 nonzero rows"),
+    (lambda op: spectrum.power_iteration(op, initial_vectors=tf.zeros((1, op.shape[0]))),
+     r"`initial_vectors` must be 1 nonzero rows"),
     (lambda op: spectrum.spectral_density(op, num_probes=2.0), "`num_probes` must be a positive"),
     (lambda op: spectrum.lanczos(tf.eye(3)), "`operator` must be a tf.linalg.LinearOperator"),
     (lambda op: spectrum.hutchinson_trace(tf.linalg.LinearOperatorFullMatrix(
