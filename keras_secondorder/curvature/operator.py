@@ -48,13 +48,17 @@ class CurvatureOperator(tf.linalg.LinearOperator):
                 f"`damping` must be a finite number >= 0; received {damping!r}. It is the λ of "
                 "A + λI; use 0 for the undamped matrix."
             )
-        self.damping = damping
+        self._damping = damping
         self.objective = Objective(model, loss=loss, variables=variables, training=training)
         self.batches = as_batches(data)
         self._batch_weights = batch_weights(self.batches, self.objective.dtype)
         self._compiled_product = tf.function(
             functools.partial(type(self).batch_product, self.objective), jit_compile=jit_compile
         )
+        # The flat product in one graph: unflatten, per-batch products, weighted sum, flatten
+        # (run eagerly, their small ops cost 0.15 gradients per product on LeNet-5).
+        self._compiled_flat_product = tf.function(
+            lambda x: flatten(self._list_product(unflatten(x, self.objective.shapes))))
         self._dimension = self.objective.num_parameters
         super().__init__(
             dtype=self.objective.dtype,
@@ -64,6 +68,11 @@ class CurvatureOperator(tf.linalg.LinearOperator):
             name=name or type(self).__name__,
         )
 
+    @property
+    def damping(self):
+        """`λ` of `A + λ I`; fixed (the compiled product holds it): make a new operator."""
+        return self._damping
+
     def matvec(self, x, adjoint=False, name="matvec"):
         """`A x` for a flat vector `x`, or for a list of tensors shaped like the variables."""
         if isinstance(x, (list, tuple)):
@@ -72,7 +81,7 @@ class CurvatureOperator(tf.linalg.LinearOperator):
 
     def _list_product(self, vector):
         vector = self.objective.check_vector(vector)
-        total = [self.damping * v for v in vector]
+        total = [self._damping * v for v in vector]
         for weight, batch in zip(self._batch_weights, self.batches, strict=True):
             part = self._compiled_product(batch, vector)
             total = [a + weight * b for a, b in zip(total, part, strict=True)]
@@ -91,7 +100,7 @@ class CurvatureOperator(tf.linalg.LinearOperator):
                 f"{self.name}.matvec takes one flat vector of length {self._dimension}; received "
                 f"shape {x.shape}. Use matmul for several vectors as columns."
             )
-        return flatten(self._list_product(unflatten(x, self.objective.shapes)))
+        return self._compiled_flat_product(x)
 
     def _matmul(self, x, adjoint=False, adjoint_arg=False):
         del adjoint  # Self-adjoint.
