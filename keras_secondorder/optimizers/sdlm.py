@@ -1,5 +1,6 @@
 """LeCun's stochastic diagonal Levenberg-Marquardt method (SDLM)."""
 
+import math
 import warnings
 
 import keras
@@ -87,6 +88,12 @@ class SDLM(CurvatureOptimizer):
             return
         super().build(variables)
         self._curvatures = self.add_optimizer_variables(variables, "curvature")
+        # 1/(h + mu) once h is estimated (0 before), and its mean and M2 = sum of squared
+        # deviations: a plain step reads them, only estimation steps compute them.
+        self._preconditioners = self.add_optimizer_variables(variables, "preconditioner")
+        self._preconditioner_moments = [
+            self.add_variable((2,), dtype=variable.dtype, name=f"{variable.name}_moments")
+            for variable in variables]
 
     def curvature_statistics(self, curvature, gradients, variables):
         # Estimation steps: the first ceil(curvature_samples / b) of every period.
@@ -112,19 +119,45 @@ class SDLM(CurvatureOptimizer):
         blend = tf.where(step < window, tf.maximum(blend, first_mean), blend)
         blend = tf.where(estimating, blend, tf.zeros_like(blend))
         ready = step >= window - 1
-        return [(d, blend, ready) for d in batch_diagonal]
+        return [(d, blend, ready, estimating) for d in batch_diagonal]
+
+    def curvature_refresh_condition(self, statistics):
+        return statistics[0][3]  # Estimating.
+
+    def curvature_refresh_step(self, variable, statistic):
+        # h <- (1 - blend) h + blend h(batch);  P <- 1/(h + mu) once ready, else 0.
+        batch_diagonal, blend, ready, _ = statistic
+        index = self._get_variable_index(variable)
+        h = self._curvatures[index]
+        updated = (1.0 - blend) * h + blend * batch_diagonal
+        self.assign(h, updated)
+        preconditioner = tf.where(ready, 1.0 / (updated + self.mu), tf.zeros_like(updated))
+        self.assign(self._preconditioners[index], preconditioner)
+        mean = tf.reduce_mean(preconditioner)
+        self.assign(self._preconditioner_moments[index],
+                    tf.stack([mean, tf.reduce_sum(tf.square(preconditioner - mean))]))
 
     def curvature_update_step(self, gradient, variable, learning_rate, statistic):
-        batch_diagonal, blend, ready = statistic
-        h = self._curvatures[self._get_variable_index(variable)]
-        self.assign(h, (1.0 - blend) * h + blend * batch_diagonal)
+        # w <- w - epsilon P g.
+        preconditioner = self._preconditioners[self._get_variable_index(variable)]
         learning_rate = tf.cast(learning_rate, variable.dtype)
-        step = learning_rate * tf.cast(gradient, variable.dtype) / (h + self.mu)
-        self.assign_sub(variable, tf.where(ready, step, tf.zeros_like(step)))
+        self.assign_sub(variable, learning_rate * tf.cast(gradient, variable.dtype)
+                        * preconditioner)
 
     def per_weight_rates(self):
-        """`epsilon / (h + mu)` for every variable."""
-        return [tf.cast(self.learning_rate, h.dtype) / (h + self.mu) for h in self._curvatures]
+        """`epsilon / (h + mu)` for every variable (0 before `h` is first estimated)."""
+        return [tf.cast(self.learning_rate, p.dtype) * p for p in self._preconditioners]
+
+    def rate_moments(self):
+        # Pooled from the per-variable moments (Chan et al.): O(variables), not O(weights).
+        sizes = [float(math.prod(p.shape)) for p in self._preconditioners]
+        total = sum(sizes)
+        means = [m[0] for m in self._preconditioner_moments]
+        mean = tf.add_n([n * m for n, m in zip(sizes, means, strict=True)]) / total
+        squares = tf.add_n([m[1] + n * tf.square(m[0] - mean)
+                            for n, m in zip(sizes, self._preconditioner_moments, strict=True)])
+        learning_rate = tf.cast(self.learning_rate, mean.dtype)
+        return learning_rate * mean, learning_rate * tf.sqrt(squares / total)
 
     def diagonal_preconditioner(self, model, data):
         """`P = 1 / (h + mu)` for every variable: SDLM's step is `w <- w - epsilon P g`.
