@@ -15,8 +15,8 @@ from keras_secondorder.datasets import mnist
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def interleaved_medians(functions, runs, warmup):
-    """Median wall time (seconds) of each function, run round-robin so load drifts hit all."""
+def interleaved_times(functions, runs, warmup):
+    """Wall times (seconds) of each function's runs, run round-robin so load drifts hit all."""
     for function in functions.values():
         for _ in range(warmup):
             function()
@@ -26,6 +26,12 @@ def interleaved_medians(functions, runs, warmup):
             start = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - start)
+    return times
+
+
+def interleaved_medians(functions, runs, warmup):
+    """Median wall time (seconds) of each function, run round-robin so load drifts hit all."""
+    times = interleaved_times(functions, runs, warmup)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

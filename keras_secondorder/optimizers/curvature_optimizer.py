@@ -85,6 +85,9 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
         """Updates `variable`'s curvature slots, before its `curvature_update_step`."""
         raise NotImplementedError
 
+    def after_curvature_refresh(self, distribution):
+        """Runs (cross-replica context) after every variable's `curvature_refresh_step`."""
+
     def curvature_counters(self, statistics):
         """`(counter variable, increment)` pairs, incremented with every step that is applied."""
         return []
@@ -144,9 +147,11 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
         def apply():
             refresh = self.curvature_refresh_condition(statistics)
             if refresh is not None:
-                tf.cond(first_replica(refresh),
-                        lambda: update_all(self.curvature_refresh_step, statistics),
-                        lambda: None)
+                def refresh_all():
+                    update_all(self.curvature_refresh_step, statistics)
+                    self.after_curvature_refresh(distribution)
+
+                tf.cond(first_replica(refresh), refresh_all, lambda: None)
             update_all(lambda variable, gradient, statistic, rate: self.curvature_update_step(
                 gradient, variable, rate, statistic), grads, statistics,
                 [learning_rate] * len(variables))

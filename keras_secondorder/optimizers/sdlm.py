@@ -1,6 +1,5 @@
 """LeCun's stochastic diagonal Levenberg-Marquardt method (SDLM)."""
 
-import math
 import warnings
 
 import keras
@@ -88,12 +87,11 @@ class SDLM(CurvatureOptimizer):
             return
         super().build(variables)
         self._curvatures = self.add_optimizer_variables(variables, "curvature")
-        # 1/(h + mu) once h is estimated (0 before), and its mean and M2 = sum of squared
-        # deviations: a plain step reads them, only estimation steps compute them.
+        # P = 1/(h + mu) once h is estimated (0 before), and the mean and standard deviation of
+        # all its entries: a plain step reads them, only estimation steps compute them.
         self._preconditioners = self.add_optimizer_variables(variables, "preconditioner")
-        self._preconditioner_moments = [
-            self.add_variable((2,), dtype=variable.dtype, name=f"{variable.name}_moments")
-            for variable in variables]
+        self._preconditioner_moments = self.add_variable(
+            (2,), dtype="float32", aggregation="only_first_replica", name="preconditioner_moments")
 
     def curvature_statistics(self, curvature, gradients, variables):
         # Estimation steps: the first ceil(curvature_samples / b) of every period.
@@ -133,9 +131,14 @@ class SDLM(CurvatureOptimizer):
         self.assign(h, updated)
         preconditioner = tf.where(ready, 1.0 / (updated + self.mu), tf.zeros_like(updated))
         self.assign(self._preconditioners[index], preconditioner)
-        mean = tf.reduce_mean(preconditioner)
-        self.assign(self._preconditioner_moments[index],
-                    tf.stack([mean, tf.reduce_sum(tf.square(preconditioner - mean))]))
+
+    def after_curvature_refresh(self, distribution):
+        preconditioners = tf.concat([tf.reshape(tf.cast(p, tf.float32), [-1])
+                                     for p in self._preconditioners], axis=0)
+        mean, variance = tf.nn.moments(preconditioners, axes=[0])
+        distribution.extended.update(self._preconditioner_moments.value,
+                                     lambda moments, value: moments.assign(value),
+                                     args=(tf.stack([mean, tf.sqrt(variance)]),), group=False)
 
     def curvature_update_step(self, gradient, variable, learning_rate, statistic):
         # w <- w - epsilon P g.
@@ -149,15 +152,9 @@ class SDLM(CurvatureOptimizer):
         return [tf.cast(self.learning_rate, p.dtype) * p for p in self._preconditioners]
 
     def rate_moments(self):
-        # Pooled from the per-variable moments (Chan et al.): O(variables), not O(weights).
-        sizes = [float(math.prod(p.shape)) for p in self._preconditioners]
-        total = sum(sizes)
-        means = [m[0] for m in self._preconditioner_moments]
-        mean = tf.add_n([n * m for n, m in zip(sizes, means, strict=True)]) / total
-        squares = tf.add_n([m[1] + n * tf.square(m[0] - mean)
-                            for n, m in zip(sizes, self._preconditioner_moments, strict=True)])
-        learning_rate = tf.cast(self.learning_rate, mean.dtype)
-        return learning_rate * mean, learning_rate * tf.sqrt(squares / total)
+        learning_rate = tf.cast(self.learning_rate, tf.float32)
+        return (learning_rate * self._preconditioner_moments[0],
+                learning_rate * self._preconditioner_moments[1])
 
     def diagonal_preconditioner(self, model, data):
         """`P = 1 / (h + mu)` for every variable: SDLM's step is `w <- w - epsilon P g`.
