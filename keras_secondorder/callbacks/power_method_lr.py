@@ -159,9 +159,9 @@ class PowerMethodLR(keras.callbacks.Callback):
                                           max_iterations=self.max_iterations, seed=self.seed,
                                           initial_vectors=self.eigenvector)
         self.lambda_max = float(result.eigenvalues[0])
-        self.eigenvector = result.eigenvectors
         self._estimated_at = self._iterations()
         if not is_finite(self.lambda_max) or self.lambda_max == 0.0:
+            self.eigenvector = None  # The next estimate starts afresh.
             warnings.warn(f"PowerMethodLR measured λ_max = {self.lambda_max}; the learning rate "
                           "is left unchanged.", stacklevel=2)
             return self.lambda_max
@@ -171,6 +171,7 @@ class PowerMethodLR(keras.callbacks.Callback):
                           f"max_iterations={self.max_iterations} products; λ_max = "
                           f"{self.lambda_max:.6g} may be an underestimate. Raise max_iterations.",
                           stacklevel=2)
+        self.eigenvector = result.eigenvectors
         learning_rate = self.scale / abs(self.lambda_max)
         schedule = self.model.optimizer._learning_rate
         if isinstance(schedule, ScaledSchedule):

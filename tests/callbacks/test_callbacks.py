@@ -153,6 +153,24 @@ def test_power_method_lr_warns_when_the_power_iteration_does_not_converge(float6
     assert callback.lambda_max < lambda_max  # The Rayleigh quotient approaches from below.
 
 
+def test_power_method_lr_keeps_the_rate_when_the_curvature_is_not_finite(float64):
+    model, x, y, _ = make_case("mlp", "ce", batch=40)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    callback = PowerMethodLR((x, y), num_samples=40, batch_size=40, tol=1e-12,
+                             max_iterations=2000, verbose=0)
+    callback.set_model(model)
+    kernel = model.layers[0].kernel
+    finite = kernel.numpy()
+    kernel.assign(np.full(finite.shape, np.nan))
+    with pytest.warns(UserWarning, match="λ_max = nan; the learning rate is left unchanged"):
+        callback.estimate()
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.1)
+    kernel.assign(finite)  # The next estimate starts afresh, not from a NaN eigenvector.
+    expected = np.max(np.abs(np.linalg.eigvalsh(dense.hessian(model, x, y))))
+    np.testing.assert_allclose(callback.estimate(), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 1 / expected, rtol=1e-6)
+
+
 def snapshot(model):
     return [v.numpy().copy() for v in model.variables + model.optimizer.variables]
 
