@@ -40,7 +40,9 @@ class SDLM(CurvatureOptimizer):
     Args:
         learning_rate: `epsilon`, a float or a `keras.optimizers.schedules.LearningRateSchedule`.
             Defaults to `0.01`.
-        mu: the damping added to every `h_kk` (`>= 0`). Defaults to `0.02` (LeNet-5's value).
+        mu: the damping added to every `h_kk` (`>= 0`). With `mu = 0`, weights whose `h_kk` is
+            exactly 0 (no curvature: an input that is always 0, a dead unit) are not updated.
+            Defaults to `0.02` (LeNet-5's value).
         gamma: the per-pattern memory of the running average, in `(0, 1]`; `1` keeps only the
             latest batch's estimate. Defaults to `0.01`.
         curvature_samples: examples each estimate of `h` covers. Defaults to `500`.
@@ -129,7 +131,10 @@ class SDLM(CurvatureOptimizer):
         h = self._curvatures[index]
         updated = (1.0 - blend) * h + blend * batch_diagonal
         self.assign(h, updated)
-        preconditioner = tf.where(ready, 1.0 / (updated + self.mu), tf.zeros_like(updated))
+        # With mu = 0 a weight of zero curvature has no Newton step: it gets rate 0, not inf.
+        damped = updated + self.mu
+        preconditioner = tf.where(ready & (damped > 0), 1.0 / tf.where(damped > 0, damped, 1.0),
+                                  tf.zeros_like(updated))
         self.assign(self._preconditioners[index], preconditioner)
 
     def after_curvature_refresh(self, distribution):

@@ -15,9 +15,9 @@ Y = X @ W_STAR
 
 
 def linear_model(w0=(0.0, 0.0, 0.0)):
-    inputs = keras.Input((3,))
+    inputs = keras.Input((len(w0),))
     outputs = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(
-        np.reshape(w0, (3, 1))))(inputs)
+        np.reshape(w0, (len(w0), 1))))(inputs)
     return ks.Model(inputs, outputs)
 
 
@@ -35,6 +35,17 @@ def test_newton_step_reaches_the_minimum_of_a_diagonal_quadratic(float64, diagon
                        diagonal=diagonal), loss="mse")
     model.fit(X, Y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     np.testing.assert_allclose(model.get_weights()[0], W_STAR, rtol=1e-12)
+
+
+def test_zero_curvature_without_damping_leaves_the_weight_unchanged(float64):
+    # A fourth input that is always 0: its weight has h = 0 and gradient 0; with mu = 0 its
+    # rate would be 1/0 and its step 0 * inf = NaN.
+    model = linear_model((0.25,) * 4)
+    model.compile(SDLM(learning_rate=1.0, mu=0.0, gamma=1.0, curvature_samples=4,
+                       diagonal="ggn"), loss="mse")
+    model.fit(np.pad(X, ((0, 0), (0, 1))), Y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    np.testing.assert_allclose(model.get_weights()[0], np.vstack([W_STAR, [[0.25]]]),
+                               rtol=1e-12)
 
 
 def test_golden_steps_running_average_and_damping(float64):
