@@ -173,6 +173,55 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
                                          group=False)
 
 
+class DiagonalCurvatureOptimizer(CurvatureOptimizer):
+    """A curvature optimizer whose step is `w <- w - epsilon P g` with a diagonal `P` in a slot.
+
+    `P` changes only on refresh steps (`curvature_refresh_condition`), where the subclass's
+    `refreshed_preconditioner` computes it from the batch's curvature statistic; the logged rate
+    moments are computed then too. A plain step costs what an SGD step costs plus one product.
+    """
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        # P (0 before its first refresh), and the mean and standard deviation of all its entries.
+        self._preconditioners = self.add_optimizer_variables(variables, "preconditioner")
+        self._preconditioner_moments = self.add_variable(
+            (2,), dtype="float32", aggregation="only_first_replica", name="preconditioner_moments")
+
+    def refreshed_preconditioner(self, variable, statistic):
+        """The new `P` of `variable`; may also update the subclass's own slots."""
+        raise NotImplementedError
+
+    def curvature_refresh_step(self, variable, statistic):
+        self.assign(self._preconditioners[self._get_variable_index(variable)],
+                    self.refreshed_preconditioner(variable, statistic))
+
+    def after_curvature_refresh(self, distribution):
+        preconditioners = tf.concat([tf.reshape(tf.cast(p, tf.float32), [-1])
+                                     for p in self._preconditioners], axis=0)
+        mean, variance = tf.nn.moments(preconditioners, axes=[0])
+        distribution.extended.update(self._preconditioner_moments.value,
+                                     lambda moments, value: moments.assign(value),
+                                     args=(tf.stack([mean, tf.sqrt(variance)]),), group=False)
+
+    def preconditioned_gradient(self, gradient, variable, learning_rate):
+        """`epsilon P g` for `variable`."""
+        preconditioner = self._preconditioners[self._get_variable_index(variable)]
+        return (tf.cast(learning_rate, variable.dtype) * tf.cast(gradient, variable.dtype)
+                * preconditioner)
+
+    def per_weight_rates(self):
+        """`epsilon P` for every variable."""
+        return [tf.cast(self.learning_rate, p.dtype) * p for p in self._preconditioners]
+
+    def rate_moments(self):
+        learning_rate = tf.cast(self.learning_rate, tf.float32)
+        return (learning_rate * self._preconditioner_moments[0],
+                learning_rate * self._preconditioner_moments[1])
+
+
 def bound_optimizer(optimizer):
     """The `CurvatureOptimizer` inside `optimizer` (unwrapping loss scaling), or `None`."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)

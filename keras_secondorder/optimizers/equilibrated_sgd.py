@@ -5,13 +5,13 @@ import tensorflow as tf
 
 from keras_secondorder import _random as random
 from keras_secondorder._validation import integer, number, one_of, positive_int
-from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
+from keras_secondorder.optimizers.curvature_optimizer import DiagonalCurvatureOptimizer
 
 PRECONDITIONERS = ("equilibration", "jacobi", "rmsprop")
 
 
 @keras.saving.register_keras_serializable(package="keras_secondorder")
-class EquilibratedSGD(CurvatureOptimizer):
+class EquilibratedSGD(DiagonalCurvatureOptimizer):
     """SGD preconditioned by the equilibration matrix `D = sqrt(E[(H v)²])`, `v ~ N(0, I)`.
 
     Every `update_every` steps (step 0 included) one estimate `d` is drawn and accumulated:
@@ -78,23 +78,28 @@ class EquilibratedSGD(CurvatureOptimizer):
         self.estimates = self.add_scalar("estimates")
 
     def curvature_statistics(self, curvature, gradients, variables):
+        # Per variable: what the estimate d is computed from on refresh steps (zeros otherwise).
         step = tf.cast(self.iterations, tf.int64)
         refresh = step % self.update_every == 0
         dtype = variables[0].dtype
         if self.preconditioner == "rmsprop":
-            estimates = [tf.square(tf.cast(g, dtype)) for g in gradients]
+            sources = [tf.cast(g, dtype) for g in gradients]
         else:
-            probes = self._probes(variables, step)
-            # Squared only after the sum over replicas: E[(Hv)²] is of the global batch's H.
-            products = curvature.sum_over_replicas_if(
-                refresh,
-                lambda: curvature.hessian_vector_product(probes, sum_over_replicas=False))
-            products = [tf.cast(p, dtype) for p in products]
-            if self.preconditioner == "equilibration":
-                estimates = [tf.square(p) for p in products]
-            else:
-                estimates = [v * p for v, p in zip(probes, products, strict=True)]
-        return [(d, refresh) for d in estimates]
+            def local_products():
+                # H v for equilibration, squared only after the sum over replicas (E[(Hv)²] is
+                # of the global batch's H); v ⊙ H v for Jacobi, linear in H v.
+                probes = self._probes(variables, step)
+                products = curvature.hessian_vector_product(probes, sum_over_replicas=False)
+                if self.preconditioner == "equilibration":
+                    return products
+                return [v * p for v, p in zip(probes, products, strict=True)]
+
+            sources = [tf.cast(p, dtype)
+                       for p in curvature.sum_over_replicas_if(refresh, local_products)]
+        return [(source, refresh) for source in sources]
+
+    def curvature_refresh_condition(self, statistics):
+        return statistics[0][1]
 
     def _probes(self, variables, step):
         probes = []
@@ -105,20 +110,22 @@ class EquilibratedSGD(CurvatureOptimizer):
             probes.append(draw(variable.shape, seed, variable.dtype))
         return probes
 
-    def curvature_update_step(self, gradient, variable, learning_rate, statistic):
-        estimate, refresh = statistic
-        index = self._get_variable_index(variable)
-        accumulator = self._accumulators[index]
+    def refreshed_preconditioner(self, variable, statistic):
+        # D <- D + d (or the exponential average), k <- k + 1;  P = 1/(scale(D/k) + lambda).
+        source, _ = statistic
+        estimate = source if self.preconditioner == "jacobi" else tf.square(source)
+        accumulator = self._accumulators[self._get_variable_index(variable)]
         if self.beta is None:
             accumulated = accumulator + estimate
         else:
             accumulated = self.beta * accumulator + (1.0 - self.beta) * estimate
-        self.assign(accumulator, tf.where(refresh, accumulated, accumulator))
-        count = self.estimates + tf.cast(refresh, self.estimates.dtype)
-        step = (tf.cast(learning_rate, variable.dtype) * tf.cast(gradient, variable.dtype)
-                / (self._scale(accumulator, count) + self.damping))
+        self.assign(accumulator, accumulated)
+        return 1.0 / (self._scale(accumulated, self.estimates + 1.0) + self.damping)
+
+    def curvature_update_step(self, gradient, variable, learning_rate, statistic):
+        step = self.preconditioned_gradient(gradient, variable, learning_rate)
         if self.momentum:
-            momentum = self._momentums[index]
+            momentum = self._momentums[self._get_variable_index(variable)]
             self.assign(momentum, self.momentum * momentum - step)
             self.assign_add(variable, momentum)
         else:
@@ -128,16 +135,10 @@ class EquilibratedSGD(CurvatureOptimizer):
         return [(self.estimates, statistics[0][1])]
 
     def _scale(self, accumulator, count):
-        """`P` from the accumulated `D` after `count` estimates."""
+        """`sqrt(D / k)` (`|D / k|` for Jacobi) after `count` estimates: the scale of a step."""
         count = tf.maximum(tf.cast(count, accumulator.dtype), 1.0)
         mean = accumulator / (count if self.beta is None else 1.0 - self.beta ** count)
         return tf.abs(mean) if self.preconditioner == "jacobi" else tf.sqrt(mean)
-
-    def per_weight_rates(self):
-        """`epsilon / (P + lambda)` for every variable."""
-        return [tf.cast(self.learning_rate, a.dtype) / (self._scale(a, self.estimates)
-                                                         + self.damping)
-                for a in self._accumulators]
 
     def get_config(self):
         config = super().get_config()

@@ -8,13 +8,13 @@ import tensorflow as tf
 from keras_secondorder import curvature as curvature_core
 from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.curvature import bbprop
-from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
+from keras_secondorder.optimizers.curvature_optimizer import DiagonalCurvatureOptimizer
 
 DIAGONALS = ("bbprop", "ggn", "ggn_mc")
 
 
 @keras.saving.register_keras_serializable(package="keras_secondorder")
-class SDLM(CurvatureOptimizer):
+class SDLM(DiagonalCurvatureOptimizer):
     """Stochastic diagonal Levenberg-Marquardt: a per-weight learning rate from the curvature.
 
     Each weight `w_k` gets its own rate from a running estimate `h_kk` of the diagonal of the
@@ -89,11 +89,6 @@ class SDLM(CurvatureOptimizer):
             return
         super().build(variables)
         self._curvatures = self.add_optimizer_variables(variables, "curvature")
-        # P = 1/(h + mu) once h is estimated (0 before), and the mean and standard deviation of
-        # all its entries: a plain step reads them, only estimation steps compute them.
-        self._preconditioners = self.add_optimizer_variables(variables, "preconditioner")
-        self._preconditioner_moments = self.add_variable(
-            (2,), dtype="float32", aggregation="only_first_replica", name="preconditioner_moments")
 
     def curvature_statistics(self, curvature, gradients, variables):
         # Estimation steps: the first ceil(curvature_samples / b) of every period.
@@ -124,42 +119,20 @@ class SDLM(CurvatureOptimizer):
     def curvature_refresh_condition(self, statistics):
         return statistics[0][3]  # Estimating.
 
-    def curvature_refresh_step(self, variable, statistic):
-        # h <- (1 - blend) h + blend h(batch);  P <- 1/(h + mu) once ready, else 0.
+    def refreshed_preconditioner(self, variable, statistic):
+        # h <- (1 - blend) h + blend h(batch);  P = 1/(h + mu) once ready, else 0.
         batch_diagonal, blend, ready, _ = statistic
-        index = self._get_variable_index(variable)
-        h = self._curvatures[index]
+        h = self._curvatures[self._get_variable_index(variable)]
         updated = (1.0 - blend) * h + blend * batch_diagonal
         self.assign(h, updated)
         # With mu = 0 a weight of zero curvature has no Newton step: it gets rate 0, not inf.
         damped = updated + self.mu
-        preconditioner = tf.where(ready & (damped > 0), 1.0 / tf.where(damped > 0, damped, 1.0),
-                                  tf.zeros_like(updated))
-        self.assign(self._preconditioners[index], preconditioner)
-
-    def after_curvature_refresh(self, distribution):
-        preconditioners = tf.concat([tf.reshape(tf.cast(p, tf.float32), [-1])
-                                     for p in self._preconditioners], axis=0)
-        mean, variance = tf.nn.moments(preconditioners, axes=[0])
-        distribution.extended.update(self._preconditioner_moments.value,
-                                     lambda moments, value: moments.assign(value),
-                                     args=(tf.stack([mean, tf.sqrt(variance)]),), group=False)
+        return tf.where(ready & (damped > 0), 1.0 / tf.where(damped > 0, damped, 1.0),
+                        tf.zeros_like(updated))
 
     def curvature_update_step(self, gradient, variable, learning_rate, statistic):
         # w <- w - epsilon P g.
-        preconditioner = self._preconditioners[self._get_variable_index(variable)]
-        learning_rate = tf.cast(learning_rate, variable.dtype)
-        self.assign_sub(variable, learning_rate * tf.cast(gradient, variable.dtype)
-                        * preconditioner)
-
-    def per_weight_rates(self):
-        """`epsilon / (h + mu)` for every variable (0 before `h` is first estimated)."""
-        return [tf.cast(self.learning_rate, p.dtype) * p for p in self._preconditioners]
-
-    def rate_moments(self):
-        learning_rate = tf.cast(self.learning_rate, tf.float32)
-        return (learning_rate * self._preconditioner_moments[0],
-                learning_rate * self._preconditioner_moments[1])
+        self.assign_sub(variable, self.preconditioned_gradient(gradient, variable, learning_rate))
 
     def diagonal_preconditioner(self, model, data):
         """`P = 1 / (h + mu)` for every variable: SDLM's step is `w <- w - epsilon P g`.
