@@ -125,10 +125,12 @@ class SDLM(DiagonalCurvatureOptimizer):
         h = self._curvatures[self._get_variable_index(variable)]
         updated = (1.0 - blend) * h + blend * batch_diagonal
         self.assign(h, updated)
-        # With mu = 0 a weight of zero curvature has no Newton step: it gets rate 0, not inf.
-        damped = updated + self.mu
-        return tf.where(ready & (damped > 0), 1.0 / tf.where(damped > 0, damped, 1.0),
-                        tf.zeros_like(updated))
+        return tf.where(ready, self._inverse_damped(updated), tf.zeros_like(updated))
+
+    def _inverse_damped(self, h):
+        """`1 / (h + mu)`; 0 where `h + mu` is 0 (mu = 0, no curvature: no Newton step)."""
+        damped = h + self.mu
+        return tf.where(damped > 0, 1.0 / tf.where(damped > 0, damped, 1.0), tf.zeros_like(h))
 
     def curvature_update_step(self, gradient, variable, learning_rate, statistic):
         # w <- w - epsilon P g.
@@ -138,16 +140,15 @@ class SDLM(DiagonalCurvatureOptimizer):
         """`P = 1 / (h + mu)` for every variable: SDLM's step is `w <- w - epsilon P g`.
 
         `PowerMethodLR` uses it to measure `λ_max` of `P^1/2 H P^1/2`, whose `1/λ_max` is the
-        best `epsilon` for this scaling. The running `h` is used once training has estimated it;
-        before that, `h` is estimated on `data` (batches, as for `curvature.diagonal`) with this
-        optimizer's `diagonal` method.
+        best `epsilon` for this scaling. The optimizer's own `P` is used once training has
+        estimated it; before that, `h` is estimated on `data` (batches, as for
+        `curvature.diagonal`) with this optimizer's `diagonal` method.
         """
-        if self.built and any(bool(tf.reduce_any(h > 0)) for h in self._curvatures):
-            curvatures = self._curvatures
-        else:
-            curvatures = curvature_core.diagonal(model, data, self.diagonal_method(model),
-                                                 samples=self.diagonal_samples, seed=self.seed)
-        return [1.0 / (tf.convert_to_tensor(h) + self.mu) for h in curvatures]
+        if self.built and any(bool(tf.reduce_any(p > 0)) for p in self._preconditioners):
+            return [tf.convert_to_tensor(p) for p in self._preconditioners]
+        curvatures = curvature_core.diagonal(model, data, self.diagonal_method(model),
+                                             samples=self.diagonal_samples, seed=self.seed)
+        return [self._inverse_damped(h) for h in curvatures]
 
     def diagonal_method(self, model):
         """The `curvature.diagonal` method SDLM uses for `model` (`bbprop` falls back to `ggn`)."""
