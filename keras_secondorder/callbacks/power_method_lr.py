@@ -111,7 +111,8 @@ class PowerMethodLR(keras.callbacks.Callback):
         self.tol, self.max_iterations, self.verbose, self.seed = tol, max_iterations, verbose, seed
         self.lambda_max = None
         self.eigenvector = None  # The last estimate's, the next one's start.
-        self._estimated_at = 0  # The optimizer's step count at the last estimate.
+        # Steps counted from the callbacks' step indices, so that nothing waits on the device.
+        self._step = self._epoch_start = self._estimated_at = 0
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer
@@ -124,17 +125,19 @@ class PowerMethodLR(keras.callbacks.Callback):
         self.estimate()
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._step
         if self.every_n_epochs and epoch > 0 and epoch % self.every_n_epochs == 0:
             self.estimate()
 
     def on_train_batch_begin(self, batch, logs=None):
-        # Counted by the optimizer, so that `steps_per_execution > 1` (one call per execution)
-        # re-estimates after at least, not exactly, `every_n_steps` steps.
-        if self.every_n_steps and self._iterations() - self._estimated_at >= self.every_n_steps:
+        # `batch` is the first step of the call: with `steps_per_execution > 1` (one call per
+        # execution) the estimate comes after at least, not exactly, `every_n_steps` steps.
+        self._step = self._epoch_start + batch
+        if self.every_n_steps and self._step - self._estimated_at >= self.every_n_steps:
             self.estimate()
 
-    def _iterations(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+    def on_train_batch_end(self, batch, logs=None):
+        self._step = self._epoch_start + batch + 1  # `batch` is the call's last step.
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -159,7 +162,7 @@ class PowerMethodLR(keras.callbacks.Callback):
                                           max_iterations=self.max_iterations, seed=self.seed,
                                           initial_vectors=self.eigenvector)
         self.lambda_max = float(result.eigenvalues[0])
-        self._estimated_at = self._iterations()
+        self._estimated_at = self._step
         if not is_finite(self.lambda_max) or self.lambda_max == 0.0:
             self.eigenvector = None  # The next estimate starts afresh.
             warnings.warn(f"PowerMethodLR measured λ_max = {self.lambda_max}; the learning rate "
