@@ -73,6 +73,13 @@ class CurvatureOperator(tf.linalg.LinearOperator):
         """`λ` of `A + λ I`; fixed (the compiled product holds it): make a new operator."""
         return self._damping
 
+    @damping.setter
+    def damping(self, value):
+        raise AttributeError(
+            f"{self.name}.damping is fixed when the operator is made (its compiled product holds "
+            f"it); received {value!r}. Make a new operator with damping={value!r}."
+        )
+
     def matvec(self, x, adjoint=False, name="matvec"):
         """`A x` for a flat vector `x`, or for a list of tensors shaped like the variables."""
         if isinstance(x, (list, tuple)):

@@ -52,7 +52,9 @@ def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0, initial
         if initial_vectors.shape != (k, dimension) or not bool(
                 tf.reduce_all(tf.norm(initial_vectors, axis=1) > 0)):
             raise ValueError(f"`initial_vectors` must be {k} nonzero rows of length {dimension} "
-                             f"(shape (k, P)); received shape {tuple(initial_vectors.shape)}.")
+                             f"(shape (k, P)); received shape {tuple(initial_vectors.shape)}. "
+                             "Pass the `eigenvectors` of an earlier result for this operator, "
+                             "or None for random start vectors.")
     positive_int(max_iterations, "max_iterations")
     if not tol > 0:
         raise ValueError(f"`tol` must be positive; received {tol!r}.")

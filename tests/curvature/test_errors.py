@@ -115,6 +115,14 @@ def test_bad_damping(case, damping):
         curvature.GGNOperator(model, (x, y), damping=damping)
 
 
+def test_damping_cannot_change_after_the_operator_is_made(case):
+    model, x, y, _ = case
+    operator = curvature.GGNOperator(model, (x, y), damping=1.0)
+    with pytest.raises(AttributeError, match=r"Make a new operator with damping=2.0"):
+        operator.damping = 2.0
+    assert operator.damping == 1.0
+
+
 def test_bad_finite_difference_step(case):
     model, x, y, _ = case
     vector = [tf.zeros_like(v) for v in model.trainable_variables]
