@@ -45,7 +45,7 @@ from keras_secondorder.models.lenet import TrainableSubsampling
 
 _ZERO = tf.UnconnectedGradients.ZERO
 # Layers affine in their input and in their weights, with an `activation` applied after.
-_AFFINE = (keras.layers.Dense, BaseConv, BaseConvTranspose, TrainableSubsampling,
+AFFINE = (keras.layers.Dense, BaseConv, BaseConvTranspose, TrainableSubsampling,
            keras.layers.Activation)
 # Layers linear in their input whose Jacobian entries are 0, 1 or one constant.
 _LINEAR = (
@@ -62,7 +62,7 @@ _NOT_ELEMENTWISE = (keras.activations.softmax, keras.activations.log_softmax)
 def unsupported_reason(model):
     """Why bbprop does not cover `model`, or `None` when it does."""
     try:
-        _chain(model)
+        layer_chain(model)
     except ValueError as error:
         return str(error)
     return None
@@ -74,21 +74,9 @@ def bbprop_diagonal(objective, batch):
     Raises:
         ValueError: the model is not covered (see `unsupported_reason`).
     """
-    model = objective.model
-    layers = _chain(model)
+    layers = layer_chain(objective.model)
     params = objective.params()
-    values = dict(zip((id(v) for v in model.trainable_variables),
-                      objective._trainable_values(params), strict=True))
-    # Forward: each layer's input and pre-activation.
-    x = tf.nest.flatten(batch.x)[0]
-    records, num_losses = [], 0
-    for layer in layers:
-        call = _PreActivation(layer, objective.training)
-        weights = [values[id(v)] for v in layer.trainable_variables]
-        pre_activation, losses = call(weights, x)
-        num_losses += len(losses)
-        records.append((layer, call, weights, x, pre_activation))
-        x = layer.activation(pre_activation) if isinstance(layer, _AFFINE) else pre_activation
+    records, x, num_losses = forward(objective, batch, layers, params)
     output_loss = objective.output_loss(batch, x)
     z = output_loss.split(x)
     at_logits = z is not x  # The split is before the last activation (softmax, sigmoid).
@@ -107,7 +95,7 @@ def bbprop_diagonal(objective, batch):
     diagonals = {}
     for index in reversed(range(len(records))):
         layer, call, weights, x, pre_activation = records[index]
-        if isinstance(layer, _AFFINE) and not (at_logits and index == len(records) - 1):
+        if isinstance(layer, AFFINE) and not (at_logits and index == len(records) - 1):
             h = tf.square(_derivative(layer, pre_activation)) * h  # h_a = f'(a)² h_y
         if weights:
             diagonals.update(zip((id(v) for v in layer.trainable_variables),
@@ -115,13 +103,40 @@ def bbprop_diagonal(objective, batch):
         if index > 0:
             h = call.input_curvature(weights, x, h) * _constant_entry(layer, x,
                                                                       objective.training)
+    return by_variable(objective, params, diagonals, num_losses)
+
+
+def by_variable(objective, params, diagonals, num_losses):
+    """`diagonals` (by variable id; zero where missing) + the weight penalties' diagonal."""
     result = [diagonals.get(id(v), tf.zeros_like(p))
               for v, p in zip(objective.variables, params, strict=True)]
     penalty = penalty_diagonal(objective, params, num_losses)
     return result if penalty is None else [r + p for r, p in zip(result, penalty, strict=True)]
 
 
-class _PreActivation:
+def forward(objective, batch, layers, params):
+    """Runs the chain `layers` on `batch.x` with the values `params` of the variables.
+
+    Returns:
+        `(records, outputs, num_losses)`: one `(layer, call, weights, x, pre_activation)` per
+        layer (its input, its `PreActivation` and its weights), the model's outputs and the
+        number of weight-penalty losses the layers added.
+    """
+    values = dict(zip((id(v) for v in objective.model.trainable_variables),
+                      objective._trainable_values(params), strict=True))
+    x = tf.nest.flatten(batch.x)[0]
+    records, num_losses = [], 0
+    for layer in layers:
+        call = PreActivation(layer, objective.training)
+        weights = [values[id(v)] for v in layer.trainable_variables]
+        pre_activation, losses = call(weights, x)
+        num_losses += len(losses)
+        records.append((layer, call, weights, x, pre_activation))
+        x = layer.activation(pre_activation) if isinstance(layer, AFFINE) else pre_activation
+    return records, x, num_losses
+
+
+class PreActivation:
     """`(weights, x) -> (A(x; weights), losses)`: the layer without its activation."""
 
     def __init__(self, layer, training):
@@ -148,7 +163,7 @@ class _PreActivation:
 
 @contextlib.contextmanager
 def _linear_activation(layer):
-    if not isinstance(layer, _AFFINE):
+    if not isinstance(layer, AFFINE):
         yield
         return
     activation = layer.activation
@@ -191,7 +206,7 @@ def _constant_entry(layer, x, training):
     return 1.0
 
 
-def _chain(model):
+def layer_chain(model):
     """The model's layers in order, checked to form a supported chain (ValueError otherwise)."""
     if not isinstance(model, (keras.Sequential, Functional)):
         raise ValueError(
@@ -215,7 +230,7 @@ def _chain(model):
     if not layers or previous is not model.outputs[0]:
         raise ValueError("bbprop needs the last layer's output to be the model's output.")
     for layer in layers[:-1]:
-        if isinstance(layer, _AFFINE) and layer.activation in _NOT_ELEMENTWISE:
+        if isinstance(layer, AFFINE) and layer.activation in _NOT_ELEMENTWISE:
             raise ValueError(
                 f"bbprop needs elementwise activations; layer {layer.name!r} applies "
                 f"{layer.activation.__name__} before the last layer."
@@ -226,7 +241,7 @@ def _chain(model):
 def _check_layer(layer):
     # A subclass that overrides `call` may compute anything: only the known computations pass.
     known = any(isinstance(layer, base) and type(layer).call is base.call
-                for base in _AFFINE + _LINEAR)
+                for base in AFFINE + _LINEAR)
     average_same = (isinstance(layer, BasePooling) and layer.pool_mode == "average"
                     and layer.padding != "valid")
     if not known or average_same:

@@ -5,7 +5,8 @@
 | `"ggn"`              | diag(GGN), exact   | C per-example backward passes (C outputs) |
 | `"ggn_mc"`           | diag(GGN), unbiased| `samples` per-example backward passes    |
 | `"hutchinson"`       | diag(Hessian), unbiased | `samples` Hessian-vector products   |
-| `"empirical_fisher"` | diag(emp. Fisher), exact | one per-example backward pass      |
+| `"empirical_fisher"` | diag(emp. Fisher), exact | one per-example backward pass; one  |
+|                      |                    | backward pass for chains of Dense layers |
 | `"bbprop"`           | diag(GGN), Becker-LeCun approximation | one backward pass (`bbprop`) |
 
 Per-example backward passes are `GradientTape.jacobian` over chunks of `chunk_size` examples,
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from keras_secondorder import _random as random
 from keras_secondorder._validation import one_of, positive_int
+from keras_secondorder.curvature import gradient_squares
 from keras_secondorder.curvature.bbprop import bbprop_diagonal
 from keras_secondorder.curvature.hessian import _hessian_product
 from keras_secondorder.curvature.objective import Objective, as_batches, batch_weights
@@ -80,6 +82,8 @@ def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=
             # All draws at once: row s * N + n is draw s of example n.
             draws = output_loss.sample_hessian_sqrt(tf.tile(z, [samples, 1]), seed)
             return [draws / tf.sqrt(tf.cast(samples, z.dtype))]
+    elif gradient_squares.supports(objective.model):  # "empirical_fisher", Dense layers only.
+        return gradient_squares.dense_chain_gradient_squares(objective, batch)
     else:
         def factors(output_loss, z):
             return [output_loss.row_gradients(batch.y, z)]

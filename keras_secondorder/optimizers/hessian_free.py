@@ -6,12 +6,15 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder._validation import number, one_of, positive_int
+from keras_secondorder.curvature import gradient_squares
 from keras_secondorder.curvature.vectors import flatten, unflatten
 from keras_secondorder.optimizers.conjugate_gradient import conjugate_gradient
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
 
 CURVATURES = ("ggn", "hessian")
 PRECONDITIONERS = ("martens", None)
+# The default cap on the preconditioner's examples where they take per-example backward passes.
+PER_EXAMPLE_PASS_EXAMPLES = 256
 _SETTINGS_OF_FIRST_ORDER_METHODS = ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay")
 
 
@@ -138,11 +141,13 @@ class HessianFree(CurvatureOptimizer):
         preconditioner: `"martens"` (the diagonal `M` above, from per-example gradients) or
             `None`. Needs the same loss split as `"ggn"`. Defaults to `"martens"`.
         preconditioner_examples: the per-example gradients are those of the first examples of
-            the curvature part, at most this many (split over replicas). Per-example gradients
-            are vectorized backward passes of `chunk_size` examples each, far slower per example
-            than a batched product (on the MNIST autoencoder on 2 CPUs: 2 s for 256 examples,
-            50 s for 1500, against 0.1 s for one Gauss-Newton product on 1500), and a diagonal
-            preconditioner needs only a rough estimate. Defaults to `256`.
+            the curvature part, at most this many (split over replicas). For chains of Dense
+            layers their squares cost one backward pass (`curvature.gradient_squares`); other
+            models take vectorized per-example backward passes of `chunk_size` examples, far
+            slower per example than a batched product (MNIST autoencoder on 2 CPUs: 2 s for 256
+            examples, 50 s for 1500, against 0.1 s for one Gauss-Newton product on 1500), and
+            a diagonal preconditioner needs only a rough estimate. Defaults to `None`: all of
+            the curvature part for Dense chains, else `PER_EXAMPLE_PASS_EXAMPLES` (256).
         preconditioner_exponent: the power of `M`; Martens found 0.75 better than the full
             diagonal (1), which overtrusts the empirical Fisher. Defaults to `0.75`.
         max_cg_iterations: the CG cap. Defaults to `250`.
@@ -164,7 +169,7 @@ class HessianFree(CurvatureOptimizer):
             Defaults to `0.8`.
         line_search_tries: trials before the step is rejected. Defaults to `60`.
         chunk_size: examples per vectorized per-example backward pass of the preconditioner
-            (bounds its memory). Defaults to `64`.
+            (bounds its memory; unused for Dense chains). Defaults to `64`.
         name: the optimizer's name. Defaults to `"hessian_free"`.
         **kwargs: the base optimizer's bookkeeping arguments. Gradient clipping and decoupled
             weight decay change the gradient the quadratic model is built on and are refused
@@ -177,7 +182,7 @@ class HessianFree(CurvatureOptimizer):
     """
 
     def __init__(self, damping=45.0, curvature="ggn", curvature_fraction=0.25,
-                 preconditioner="martens", preconditioner_examples=256,
+                 preconditioner="martens", preconditioner_examples=None,
                  preconditioner_exponent=0.75, max_cg_iterations=250,
                  cg_tolerance=5e-4, cg_min_gap=10, cg_gap_ratio=0.1, warm_start_decay=0.95,
                  backtrack_first=5, backtrack_ratio=1.3, damping_increase=1.5,
@@ -200,8 +205,9 @@ class HessianFree(CurvatureOptimizer):
         self.curvature_fraction = number(curvature_fraction, "curvature_fraction",
                                          lambda v: 0 < v <= 1, "in (0, 1]")
         self.preconditioner = one_of(preconditioner, "preconditioner", PRECONDITIONERS)
-        self.preconditioner_examples = positive_int(preconditioner_examples,
-                                                    "preconditioner_examples")
+        self.preconditioner_examples = (
+            None if preconditioner_examples is None
+            else positive_int(preconditioner_examples, "preconditioner_examples"))
         self.preconditioner_exponent = number(preconditioner_exponent,
                                               "preconditioner_exponent", lambda v: 0 <= v <= 1,
                                               "in [0, 1]")
@@ -321,7 +327,11 @@ class HessianFree(CurvatureOptimizer):
                warm_start):
         preconditioner = None
         if self.preconditioner == "martens":
-            limit = math.ceil(self.preconditioner_examples / len(replicas))  # Per replica.
+            limit = self.preconditioner_examples
+            if limit is None and not gradient_squares.supports(replicas[0].objective.model):
+                limit = PER_EXAMPLE_PASS_EXAMPLES
+            if limit is not None:
+                limit = math.ceil(limit / len(replicas))  # Per replica.
             parts = [replica.head(self.curvature_fraction, limit) for replica in replicas]
             squares = summed(lambda part: flatten(self._with_split_hint(
                 lambda: part.diagonal("empirical_fisher", chunk_size=self.chunk_size,

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import MODELS, make_case, relative_error
+from conftest import LOSSES, MODELS, make_case, make_targets, relative_error
 
 from keras_secondorder import curvature
-from keras_secondorder.curvature import dense
+from keras_secondorder.curvature import dense, gradient_squares
 
 EXACT = {"ggn": dense.ggn, "empirical_fisher": dense.empirical_fisher}
 
@@ -34,6 +34,36 @@ def test_exact_diagonal_in_training_mode_and_with_weight_penalty(float64, method
     estimate = curvature.diagonal(model, (x, y, sample_weight), method, training=True)
     expected = dense_diagonal(EXACT[method], model, x, y, sample_weight, training=True)
     assert relative_error(curvature.flatten(estimate), expected) <= 1e-10
+
+
+@pytest.mark.parametrize("loss_name", ["ce", "bce", "mse"])
+def test_dense_chain_empirical_fisher_in_one_backward_pass_equals_dense(float64, loss_name):
+    # Three Dense layers, dropout in training mode, a weight penalty: the one-backward-pass
+    # path (`gradient_squares`) against the dense empirical Fisher.
+    units, activation, loss = LOSSES[loss_name]
+    rng = np.random.default_rng(2)
+    keras.utils.set_random_seed(2)
+    penalty = keras.regularizers.L2(0.05)
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(5, "sigmoid", kernel_regularizer=penalty),
+        keras.layers.Dropout(0.3), keras.layers.Dense(3), keras.layers.Activation("tanh"),
+        keras.layers.Dense(units, activation)])
+    model.compile(loss=loss())
+    x, y = rng.normal(size=(7, 4)), make_targets(loss_name, units, rng, batch=7)
+    sample_weight = rng.uniform(0.5, 1.5, size=7)
+    assert gradient_squares.supports(model)
+    keras.utils.set_random_seed(3)  # The same dropout masks for both.
+    estimate = curvature.diagonal(model, (x, y, sample_weight), "empirical_fisher",
+                                  training=True)
+    keras.utils.set_random_seed(3)
+    expected = dense_diagonal(dense.empirical_fisher, model, x, y, sample_weight, training=True)
+    assert relative_error(curvature.flatten(estimate), expected) <= 1e-10
+
+
+@pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "multi_input", "subclassed"])
+def test_per_example_passes_where_weights_are_not_in_rank_2_dense_chains(float64, kind):
+    # Covered by test_exact_diagonals_equal_dense through the per-example backward passes.
+    assert not gradient_squares.supports(make_case(kind, "ce")[0])
 
 
 def test_diagonal_averages_batches(float64):

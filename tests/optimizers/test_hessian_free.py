@@ -294,5 +294,7 @@ def test_config_round_trip_and_bad_settings():
         HessianFree(damping=-1)
     with pytest.raises(ValueError, match="`curvature` must be one of"):
         HessianFree(curvature="fisher")
+    with pytest.raises(ValueError, match="`preconditioner_examples` must be a positive integer"):
+        HessianFree(preconditioner_examples=0)
     with pytest.raises(ValueError, match="`clipnorm`.*L2 kernel_regularizer"):
         HessianFree(clipnorm=1.0)
