@@ -46,7 +46,7 @@ from keras_secondorder.models.lenet import TrainableSubsampling
 _ZERO = tf.UnconnectedGradients.ZERO
 # Layers affine in their input and in their weights, with an `activation` applied after.
 AFFINE = (keras.layers.Dense, BaseConv, BaseConvTranspose, TrainableSubsampling,
-           keras.layers.Activation)
+          keras.layers.Activation)
 # Layers linear in their input whose Jacobian entries are 0, 1 or one constant.
 _LINEAR = (
     BasePooling, BaseGlobalPooling, keras.layers.Dropout,
