@@ -30,6 +30,7 @@ logits). `unsupported_reason(model)` tells why a model is not covered.
 
 import contextlib
 import math
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
@@ -114,13 +115,22 @@ def by_variable(objective, params, diagonals, num_losses):
     return result if penalty is None else [r + p for r, p in zip(result, penalty, strict=True)]
 
 
+class LayerRecord(NamedTuple):
+    """One layer of a forward pass: its `PreActivation`, weights, input and pre-activation."""
+
+    layer: keras.layers.Layer
+    call: "PreActivation"
+    weights: list
+    x: tf.Tensor
+    pre_activation: tf.Tensor
+
+
 def forward(objective, batch, layers, params):
     """Runs the chain `layers` on `batch.x` with the values `params` of the variables.
 
     Returns:
-        `(records, outputs, num_losses)`: one `(layer, call, weights, x, pre_activation)` per
-        layer (its input, its `PreActivation` and its weights), the model's outputs and the
-        number of weight-penalty losses the layers added.
+        `(records, outputs, num_losses)`: one `LayerRecord` per layer, the model's outputs and
+        the number of weight-penalty losses the layers added.
     """
     values = dict(zip((id(v) for v in objective.model.trainable_variables),
                       objective._trainable_values(params), strict=True))
@@ -131,7 +141,7 @@ def forward(objective, batch, layers, params):
         weights = [values[id(v)] for v in layer.trainable_variables]
         pre_activation, losses = call(weights, x)
         num_losses += len(losses)
-        records.append((layer, call, weights, x, pre_activation))
+        records.append(LayerRecord(layer, call, weights, x, pre_activation))
         x = layer.activation(pre_activation) if isinstance(layer, AFFINE) else pre_activation
     return records, x, num_losses
 

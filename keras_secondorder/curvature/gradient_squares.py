@@ -51,12 +51,13 @@ def dense_chain_gradient_squares(objective, batch):
         factors = tf.stop_gradient(tf.sqrt(weights)[:, None]
                                    * output_loss.row_gradients(batch.y, fixed))
         projection = tf.reduce_sum(factors * z_rows)  # sum_n sqrt(c_n) r_nᵀ z_n
-    weighted = [record for record in records if record[2]]
-    deltas = tape.gradient(projection, [record[4] for record in weighted],
+    weighted = [record for record in records if record.weights]
+    deltas = tape.gradient(projection, [record.pre_activation for record in weighted],
                            unconnected_gradients=_ZERO)  # rows sqrt(c_n) δ_n
     diagonals = {}
-    for (layer, call, layer_weights, x, _), delta in zip(weighted, deltas, strict=True):
-        diagonals.update(zip((id(v) for v in layer.trainable_variables),
-                             call.weight_curvature(layer_weights, x, tf.square(delta)),
+    for record, delta in zip(weighted, deltas, strict=True):
+        diagonals.update(zip((id(v) for v in record.layer.trainable_variables),
+                             record.call.weight_curvature(record.weights, record.x,
+                                                          tf.square(delta)),
                              strict=True))
     return by_variable(objective, params, diagonals, num_losses)

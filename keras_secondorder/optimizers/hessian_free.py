@@ -327,11 +327,7 @@ class HessianFree(CurvatureOptimizer):
                warm_start):
         preconditioner = None
         if self.preconditioner == "martens":
-            limit = self.preconditioner_examples
-            if limit is None and not gradient_squares.supports(replicas[0].objective.model):
-                limit = PER_EXAMPLE_PASS_EXAMPLES
-            if limit is not None:
-                limit = math.ceil(limit / len(replicas))  # Per replica.
+            limit = self._preconditioner_examples_per_replica(replicas)
             parts = [replica.head(self.curvature_fraction, limit) for replica in replicas]
             squares = summed(lambda part: flatten(self._with_split_hint(
                 lambda: part.diagonal("empirical_fisher", chunk_size=self.chunk_size,
@@ -360,6 +356,15 @@ class HessianFree(CurvatureOptimizer):
                             0.0)
         return (step, solution, result.iterations, rho, new_damping,
                 tf.where(accepted, rate, 0.0), -predicted)
+
+    def _preconditioner_examples_per_replica(self, replicas):
+        """The cap on each replica's preconditioner examples; `None`: its whole curvature part."""
+        examples = self.preconditioner_examples
+        if examples is None:
+            if gradient_squares.supports(replicas[0].objective.model):
+                return None  # One backward pass covers them all.
+            examples = PER_EXAMPLE_PASS_EXAMPLES
+        return math.ceil(examples / len(replicas))
 
     def _rejection(self, gradient, damping):
         zeros = tf.zeros_like(gradient)
