@@ -15,6 +15,7 @@ from keras_secondorder.callbacks._measure import (
     progress_bar,
 )
 from keras_secondorder.curvature import flatten
+from keras_secondorder.spectrum._krylov import random_unit_vector
 
 
 @keras.saving.register_keras_serializable(package="keras_secondorder")
@@ -51,8 +52,13 @@ class PowerMethodLR(keras.callbacks.Callback):
     "Efficient BackProp" 1998). Before training, and optionally every `every_n_epochs` epochs
     or every `every_n_steps` steps, this callback estimates `λ_max` on a few hundred samples and
     sets the optimizer's learning rate to `scale / |λ_max|`. Each estimate after the first starts
-    from the previous eigenvector, so it takes a few products. It changes nothing else: weights
-    and the other optimizer state are left exactly as they were.
+    from the previous eigenvector plus a fresh random vector of the same length, so it takes a
+    few products. The random half matters: after an epoch of training (and, with SDLM, a new
+    preconditioner) the old top eigenvector can be close to an eigenvector of a lower
+    eigenvalue, a fixed point of the power iteration whose Rayleigh quotient stops changing at
+    once; started there alone, the estimate stops at that lower eigenvalue and the rate it sets
+    is too high. It changes nothing else: weights and the other optimizer state are left exactly
+    as they were.
 
     Why re-estimate, and why not too eagerly: `λ_max` at initialization is often several times
     its value a few hundred steps later, so one estimate before training gives a conservative rate
@@ -110,7 +116,8 @@ class PowerMethodLR(keras.callbacks.Callback):
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
         self.tol, self.max_iterations, self.verbose, self.seed = tol, max_iterations, verbose, seed
         self.lambda_max = None
-        self.eigenvector = None  # The last estimate's, the next one's start.
+        self.eigenvector = None  # The last estimate's, half of the next one's start.
+        self._estimates = 0
         # Steps counted from the callbacks' step indices, so that nothing waits on the device.
         self._step = self._epoch_start = self._estimated_at = 0
 
@@ -158,9 +165,14 @@ class PowerMethodLR(keras.callbacks.Callback):
                         operator.dtype), is_self_adjoint=True, is_positive_definite=True)
             operator = tf.linalg.LinearOperatorComposition(
                 [root, operator, root], is_self_adjoint=True, is_square=True)
+        start = None
+        if self.eigenvector is not None:
+            fresh = random_unit_vector(operator.shape[-1], self.seed, self._estimates)
+            start = self.eigenvector / tf.norm(self.eigenvector) + fresh[None]
+        self._estimates += 1
         result = spectrum.power_iteration(operator, k=1, tol=self.tol,
                                           max_iterations=self.max_iterations, seed=self.seed,
-                                          initial_vectors=self.eigenvector)
+                                          initial_vectors=start)
         self.lambda_max = float(result.eigenvalues[0])
         self._estimated_at = self._step
         if not is_finite(self.lambda_max) or self.lambda_max == 0.0:

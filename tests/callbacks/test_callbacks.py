@@ -128,6 +128,20 @@ def test_power_method_lr_every_n_steps_follows_the_hessian(float64, steps_per_ex
     assert len({rate for _, rate, _ in seen}) == len(estimated_at)  # The Hessian moved.
 
 
+def test_power_method_lr_escapes_a_stale_eigenvector_of_a_lower_eigenvalue(float64):
+    # The previous estimate's eigenvector is now the eigenvector of the second eigenvalue: alone
+    # it is a fixed point of the power iteration (the Rayleigh quotient stops changing at once).
+    model, x, y = least_squares()
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    callback = PowerMethodLR((x, y), num_samples=64, tol=1e-10, max_iterations=500, verbose=0)
+    callback.set_model(model)
+    eigenvalues, eigenvectors = np.linalg.eigh(2 * x.T @ x / len(x))
+    callback.eigenvector = tf.constant(eigenvectors[:, -2][None])
+    np.testing.assert_allclose(callback.estimate(), eigenvalues[-1], rtol=1e-8)
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 1 / eigenvalues[-1],
+                               rtol=1e-8)
+
+
 def test_power_method_lr_scales_a_schedule_keeping_its_shape(float64, tmp_path):
     model, x, y = least_squares()
     decay = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=0.5)
