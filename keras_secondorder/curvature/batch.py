@@ -61,28 +61,18 @@ class BatchCurvature:
         Curvature can be estimated on less data than the gradient (Martens 2010 uses a quarter
         of the batch): the objective's mean over the head is an unbiased estimate of the mean.
         """
-        count = self._count(fraction, limit)
-        return self._part(lambda t: t[:count])
-
-    def split(self, fraction):
-        """The first `ceil(fraction * n)` examples and the others, as two `BatchCurvature`s."""
-        count = self._count(fraction)
-        return self._part(lambda t: t[:count]), self._part(lambda t: t[count:])
-
-    def _count(self, fraction, limit=None):
         size = tf.nest.flatten(self.batch.x)[0].shape[0]
         if size is not None:  # Static under jit_compile: a static slice.
             count = max(1, math.ceil(fraction * size))
-            return count if limit is None else min(count, limit)
-        count = tf.maximum(1, tf.cast(tf.math.ceil(
-            fraction * tf.cast(batch_size(self.batch), tf.float64)), tf.int32))
-        return count if limit is None else tf.minimum(count, limit)
-
-    def _part(self, take):
-        part = copy.copy(self)  # The same objective on part of the batch.
-        part.batch = Batch(*(None if values is None else tf.nest.map_structure(take, values)
-                             for values in self.batch))
-        return part
+            count = count if limit is None else min(count, limit)
+        else:
+            count = tf.maximum(1, tf.cast(tf.math.ceil(
+                fraction * tf.cast(batch_size(self.batch), tf.float64)), tf.int32))
+            count = count if limit is None else tf.minimum(count, limit)
+        head = copy.copy(self)  # The same objective on part of the batch.
+        head.batch = Batch(*(None if part is None else tf.nest.map_structure(
+            lambda t: t[:count], part) for part in self.batch))
+        return head
 
     def loss(self, offset=None, sum_over_replicas=True):
         """The objective on this batch at the weights plus `offset` (shaped like the variables)."""
@@ -92,11 +82,6 @@ class BatchCurvature:
                                             strict=True)]
         value = self.objective.value(params, self.batch)
         return self._result([value], sum_over_replicas)[0]
-
-    def gradient(self, sum_over_replicas=True):
-        """The objective's gradient on this batch, shaped like the variables."""
-        _, gradient = self.objective.gradient(self.objective.params(), self.batch)
-        return self._result(gradient, sum_over_replicas)
 
     def hessian_vector_product(self, vector, sum_over_replicas=True):
         """`v -> H v`, the exact Hessian product (indefinite)."""

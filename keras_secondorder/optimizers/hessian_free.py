@@ -101,9 +101,7 @@ class HessianFree(CurvatureOptimizer):
 
     One `fit` step is one HF iteration on the batch it receives (pass large batches, thousands of
     examples). With `g` and `f` the gradient and objective on the whole batch and `B` the
-    curvature (Gauss-Newton by default) on its first `curvature_fraction` (with
-    `holdout_fraction > 0`, `g` and the model come from the rest of the batch and `f`, which
-    judges the step, from its held-out last part):
+    curvature (Gauss-Newton by default) on its first `curvature_fraction`:
 
     ```
     M = (diag(sum_i g_i²) + lambda)^0.75                  per-example gradients g_i
@@ -140,18 +138,6 @@ class HessianFree(CurvatureOptimizer):
         curvature_fraction: the leading fraction of each batch the curvature (and the
             preconditioner) is computed on. Curvature is the expensive part of every CG
             iteration and needs less data than the gradient. Defaults to `0.25`.
-        holdout_fraction: the last fraction of each batch, held out from the gradient and the
-            quadratic model, on which the objective `f` of the CG backtracking, of `rho` and of
-            the line search is measured. Martens computes `g` and `f` on the whole training
-            set; on a mini-batch they share its sampling noise, and `B⁻¹` amplifies that noise
-            most along the flattest directions. Judged on its own batch, a step that fits the
-            noise still reduces `f` as predicted: `rho` stays near 1/2 while lambda decays
-            towards 0 and the steps grow, and the training error climbs (MNIST autoencoder,
-            batch 2000: lambda 45 -> 2e-4 in 75 steps, error 2.99 -> 14 over the next 400).
-            Judged on held-out examples, the noise in the step shows up as a smaller actual
-            reduction, and lambda rises to the level the noise allows. Under `MirroredStrategy`
-            each replica holds out the last part of its share. Defaults to `0.0`: all on the
-            whole batch, as in the paper (for batches that approach the training set).
         preconditioner: `"martens"` (the diagonal `M` above, from per-example gradients) or
             `None`. Needs the same loss split as `"ggn"`. Defaults to `"martens"`.
         preconditioner_examples: the per-example gradients are those of the first examples of
@@ -196,7 +182,7 @@ class HessianFree(CurvatureOptimizer):
     """
 
     def __init__(self, damping=45.0, curvature="ggn", curvature_fraction=0.25,
-                 holdout_fraction=0.0, preconditioner="martens", preconditioner_examples=None,
+                 preconditioner="martens", preconditioner_examples=None,
                  preconditioner_exponent=0.75, max_cg_iterations=250,
                  cg_tolerance=5e-4, cg_min_gap=10, cg_gap_ratio=0.1, warm_start_decay=0.95,
                  backtrack_first=5, backtrack_ratio=1.3, damping_increase=1.5,
@@ -218,14 +204,6 @@ class HessianFree(CurvatureOptimizer):
         self.curvature = one_of(curvature, "curvature", CURVATURES)
         self.curvature_fraction = number(curvature_fraction, "curvature_fraction",
                                          lambda v: 0 < v <= 1, "in (0, 1]")
-        self.holdout_fraction = number(holdout_fraction, "holdout_fraction",
-                                       lambda v: 0 <= v < 1, "in [0, 1)")
-        if self.curvature_fraction > 1 - self.holdout_fraction:
-            raise ValueError(
-                f"`curvature_fraction` ({curvature_fraction}) + `holdout_fraction` "
-                f"({holdout_fraction}) exceed 1: the curvature part would overlap the held-out "
-                "part. Lower one of them."
-            )
         self.preconditioner = one_of(preconditioner, "preconditioner", PRECONDITIONERS)
         self.preconditioner_examples = (
             None if preconditioner_examples is None
@@ -291,6 +269,7 @@ class HessianFree(CurvatureOptimizer):
         replicas = list(distribution.experimental_local_results(curvature))
         devices = (distribution.extended.worker_devices if tf.distribute.has_strategy()
                    else [None])
+        gradient = flatten([distribution.experimental_local_results(g)[0] for g in grads])
         shapes = [tuple(v.shape) for v in variables]
         heads = [replica.head(self.curvature_fraction) for replica in replicas]
 
@@ -303,18 +282,10 @@ class HessianFree(CurvatureOptimizer):
                 total = value if total is None else total + value
             return total
 
-        judged = replicas  # The examples f is measured on.
-        if self.holdout_fraction:
-            fitted, judged = zip(*(self._split(r) for r in replicas), strict=True)
-            gradient = summed(lambda part: flatten(part.gradient(sum_over_replicas=False)),
-                              fitted)
-        else:
-            gradient = flatten([distribution.experimental_local_results(g)[0] for g in grads])
-
         def objective(step):
             # Keras computes losses in floatx: the value is cast to the variables' dtype.
             return tf.cast(summed(lambda part: part.loss(unflatten(step, shapes),
-                                                         sum_over_replicas=False), judged),
+                                                         sum_over_replicas=False), replicas),
                            gradient.dtype)
 
         def curvature_product(vector):
@@ -334,17 +305,6 @@ class HessianFree(CurvatureOptimizer):
         self._apply(distribution, variables, unflatten(step, shapes),
                     unflatten(solution, shapes), iterations, rho, new_damping, rate,
                     reduction, finite)
-
-    def _split(self, replica):
-        """A replica's batch as `(fitted, held_out)`, its last `holdout_fraction` held out."""
-        fitted, held_out = replica.split(1.0 - self.holdout_fraction)
-        if tf.nest.flatten(held_out.batch.x)[0].shape[0] == 0:
-            size = tf.nest.flatten(replica.batch.x)[0].shape[0]
-            raise ValueError(
-                f"holdout_fraction={self.holdout_fraction} holds out no example of a batch of "
-                f"{size} per replica. Pass larger batches or a larger holdout_fraction."
-            )
-        return fitted, held_out
 
     def _product(self, head, vector):
         if self.curvature == "hessian":
@@ -441,7 +401,6 @@ class HessianFree(CurvatureOptimizer):
             "damping": self.initial_damping,
             "curvature": self.curvature,
             "curvature_fraction": self.curvature_fraction,
-            "holdout_fraction": self.holdout_fraction,
             "preconditioner": self.preconditioner,
             "preconditioner_examples": self.preconditioner_examples,
             "preconditioner_exponent": self.preconditioner_exponent,

@@ -188,51 +188,6 @@ def test_weight_cost_enters_the_curvature(float64):
                                solution, rtol=1e-6, atol=1e-9)
 
 
-def mse_of(kernel, bias, x, y):
-    return np.mean((x @ kernel + bias - y) ** 2)
-
-
-def test_held_out_examples_judge_the_step_fitted_to_the_others(float64):
-    # Gradient and model on the first 150 examples, f on the last 50. No CG iterate is saved
-    # before the last (backtrack_first=100 > 12 parameters): the step is the least-squares
-    # solution of the first 150, and rho is its held-out reduction over its predicted one.
-    model = linear_model()
-    initial = model.get_weights()
-    model.compile(HessianFree(damping=1e-12, curvature_fraction=0.75, holdout_fraction=0.25,
-                              backtrack_first=100), "mse")
-    history = model.fit(LSQ_X, LSQ_Y, batch_size=200, epochs=1, shuffle=False,
-                        verbose=0).history
-    fitted, held_out = slice(0, 150), slice(150, 200)
-    design = np.c_[LSQ_X[fitted], np.ones(150)]
-    solution = np.linalg.lstsq(design, LSQ_Y[fitted], rcond=None)[0]
-    kernel, bias = model.get_weights()
-    np.testing.assert_allclose(kernel, solution[:5], rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(bias, solution[5], rtol=1e-6, atol=1e-9)
-
-    def reduction(part):  # The quadratic model is exact: predicted = the fitted part's.
-        return (mse_of(kernel, bias, LSQ_X[part], LSQ_Y[part])
-                - mse_of(*initial, LSQ_X[part], LSQ_Y[part]))
-
-    assert history["rho"][0] == pytest.approx(reduction(held_out) / reduction(fitted), rel=1e-6)
-    assert history["step_size"] == [1.0]
-
-
-def test_a_step_that_raises_the_held_out_objective_is_rejected(float64):
-    # The held-out targets are the initial model's outputs: every step raises their loss.
-    model = linear_model()
-    initial = model.get_weights()
-    targets = LSQ_Y.copy()
-    targets[150:] = LSQ_X[150:] @ initial[0] + initial[1]
-    model.compile(HessianFree(damping=1e-3, curvature_fraction=0.75, holdout_fraction=0.25),
-                  "mse")
-    history = model.fit(LSQ_X, targets, batch_size=200, epochs=1, shuffle=False,
-                        verbose=0).history
-    for weight, start in zip(model.get_weights(), initial, strict=True):
-        np.testing.assert_array_equal(weight, start)
-    assert history["rejected_steps"] == [1.0] and history["rho"][0] < 0
-    assert history["damping"][0] == pytest.approx(1.5e-3)
-
-
 CLS_X = RNG.normal(size=(96, 6)).astype("float32")
 CLS_Y = RNG.integers(0, 3, 96)
 
@@ -329,11 +284,10 @@ def test_hessian_products_train_any_loss_and_ggn_names_the_fix():
 
 def test_config_round_trip_and_bad_settings():
     optimizer = HessianFree(damping=3.0, curvature_fraction=0.5, max_cg_iterations=40,
-                            preconditioner=None, holdout_fraction=0.25)
+                            preconditioner=None)
     config = optimizer.get_config()
     assert HessianFree.from_config(config).get_config() == config
     assert config["damping"] == 3.0 and config["max_cg_iterations"] == 40
-    assert config["holdout_fraction"] == 0.25
     with pytest.raises(ValueError, match="`curvature_fraction` must be a number in \\(0, 1\\]"):
         HessianFree(curvature_fraction=0.0)
     with pytest.raises(ValueError, match="`damping` must be a number > 0; received -1"):
@@ -344,13 +298,3 @@ def test_config_round_trip_and_bad_settings():
         HessianFree(preconditioner_examples=0)
     with pytest.raises(ValueError, match="`clipnorm`.*L2 kernel_regularizer"):
         HessianFree(clipnorm=1.0)
-    with pytest.raises(ValueError, match="`holdout_fraction` must be a number in \\[0, 1\\)"):
-        HessianFree(holdout_fraction=1.0)
-    with pytest.raises(ValueError, match="overlap the held-out part. Lower one of them"):
-        HessianFree(curvature_fraction=0.8, holdout_fraction=0.25)
-    model = classifier()
-    model.compile(HessianFree(curvature_fraction=0.5, holdout_fraction=0.1),
-                  "sparse_categorical_crossentropy")
-    with pytest.raises(ValueError, match="holdout_fraction=0.1 holds out no example of a batch "
-                                         "of 4 per replica. Pass larger batches"):
-        model.fit(CLS_X[:4], CLS_Y[:4], batch_size=4, epochs=1, verbose=0)
