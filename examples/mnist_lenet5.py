@@ -97,6 +97,13 @@ def main():
                         callbacks=[learning_rate, spectrum]).history
     train_seconds = time.perf_counter() - start
     conv_error = 1.0 - history["val_accuracy"][-1]
+    if not math.isfinite(history["loss"][-1]) or conv_error > 0.5:
+        # An SVM on the saturated features of a diverged net would take hours to fit.
+        raise SystemExit(
+            f"LeNet-5 diverged (training loss {history['loss'][-1]:.4g}, test error "
+            f"{100 * conv_error:.1f}%; epsilon by epoch {history['learning_rate']}): the SVM "
+            "and the export are skipped. Lower --lr-scale or raise --batch-size."
+        )
     model_path = output / "lenet5.keras"
     output.mkdir(parents=True, exist_ok=True)
     model.save(model_path)
