@@ -168,7 +168,7 @@ class PowerMethodLR(keras.callbacks.Callback):
         start = None
         if self.eigenvector is not None:
             fresh = random_unit_vector(operator.shape[-1], self.seed, self._estimates)
-            start = self.eigenvector / tf.norm(self.eigenvector) + fresh[None]
+            start = self.eigenvector + fresh[None]  # Both of length 1.
         self._estimates += 1
         result = spectrum.power_iteration(operator, k=1, tol=self.tol,
                                           max_iterations=self.max_iterations, seed=self.seed,

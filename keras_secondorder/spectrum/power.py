@@ -40,7 +40,10 @@ def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0, initial
         seed: seed of the random start vectors. Defaults to `0`.
         initial_vectors: `(k, P)` start vectors in place of random ones, e.g. the
             `eigenvectors` of an earlier call on a nearby operator (the same model a few steps
-            of training later): a warm start converges in a few products. Defaults to `None`.
+            of training later): a warm start converges in a few products. An old eigenvector
+            alone can be close to an eigenvector of a lower eigenvalue of the new operator, a
+            fixed point where the iteration stops at once; `PowerMethodLR` adds a random vector
+            to it. Defaults to `None`.
 
     Returns:
         A `PowerIterationResult`.
