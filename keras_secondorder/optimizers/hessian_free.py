@@ -18,14 +18,16 @@ PER_EXAMPLE_PASS_EXAMPLES = 256
 _SETTINGS_OF_FIRST_ORDER_METHODS = ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay")
 
 
-def adjust_damping(damping, rho, increase=1.5, decrease=2.0 / 3.0):
+def adjust_damping(damping, rho, increase=1.5, decrease=2.0 / 3.0, minimum=0.0):
     """Levenberg-Marquardt: `lambda * increase` if `rho < 1/4`, `* decrease` if `rho > 3/4`.
 
     `rho` is the reduction ratio (actual over predicted reduction). A `rho` that is not a finite
-    number (a non-finite objective or model) counts as a failure: the damping increases.
+    number (a non-finite objective or model) counts as a failure: the damping increases. A
+    decrease stops at `minimum`.
     """
     failed = (rho < 0.25) | ~tf.math.is_finite(rho)
-    return tf.where(failed, damping * increase, tf.where(rho > 0.75, damping * decrease, damping))
+    decreased = tf.maximum(damping * decrease, tf.cast(minimum, damping.dtype))
+    return tf.where(failed, damping * increase, tf.where(rho > 0.75, decreased, damping))
 
 
 def backtrack(objective, result):
@@ -164,6 +166,10 @@ class HessianFree(CurvatureOptimizer):
             backtracking. Default to `5` and `1.3`.
         damping_increase, damping_decrease: the factors applied to lambda for `rho < 1/4` and
             `rho > 3/4`. Default to `1.5` and `2/3`.
+        min_damping: lambda never decreases below this. rho is measured on the batch the step
+            was fitted to, so with mini-batches it can stay in `[1/4, 3/4]` while each step
+            fits its own batch at the others' expense; a floor keeps the step a trust-region
+            step (Martens' full-batch code needs none). Defaults to `0.0` (no floor).
         line_search_sufficient: the Armijo constant `c`. Defaults to `0.01`.
         line_search_shrink: the factor each rejected trial multiplies the step size by.
             Defaults to `0.8`.
@@ -186,7 +192,7 @@ class HessianFree(CurvatureOptimizer):
                  preconditioner_exponent=0.75, max_cg_iterations=250,
                  cg_tolerance=5e-4, cg_min_gap=10, cg_gap_ratio=0.1, warm_start_decay=0.95,
                  backtrack_first=5, backtrack_ratio=1.3, damping_increase=1.5,
-                 damping_decrease=2.0 / 3.0, line_search_sufficient=0.01,
+                 damping_decrease=2.0 / 3.0, min_damping=0.0, line_search_sufficient=0.01,
                  line_search_shrink=0.8, line_search_tries=60, chunk_size=64,
                  name="hessian_free", **kwargs):
         refused = [key for key in _SETTINGS_OF_FIRST_ORDER_METHODS
@@ -225,6 +231,8 @@ class HessianFree(CurvatureOptimizer):
                                        "> 1")
         self.damping_decrease = number(damping_decrease, "damping_decrease",
                                        lambda v: 0 < v < 1, "in (0, 1)")
+        self.min_damping = number(min_damping, "min_damping", lambda v: 0 <= v <= damping,
+                                  f"in [0, damping={damping!r}]")
         self.line_search_sufficient = number(line_search_sufficient, "line_search_sufficient",
                                              lambda v: 0 < v < 1, "in (0, 1)")
         self.line_search_shrink = number(line_search_shrink, "line_search_shrink",
@@ -344,7 +352,8 @@ class HessianFree(CurvatureOptimizer):
         # The undamped model: rho judges how well B (not B + lambda I) predicts f.
         predicted = slope + 0.5 * tf.reduce_sum(direction * curvature_product(direction))
         rho = (value_at_direction - value) / predicted
-        new_damping = adjust_damping(damping, rho, self.damping_increase, self.damping_decrease)
+        new_damping = adjust_damping(damping, rho, self.damping_increase, self.damping_decrease,
+                                     self.min_damping)
         rate, _, accepted = armijo_line_search(
             objective, direction, value, slope, value_at_direction,
             self.line_search_sufficient, self.line_search_shrink, self.line_search_tries)
@@ -413,6 +422,7 @@ class HessianFree(CurvatureOptimizer):
             "backtrack_ratio": self.backtrack_ratio,
             "damping_increase": self.damping_increase,
             "damping_decrease": self.damping_decrease,
+            "min_damping": self.min_damping,
             "line_search_sufficient": self.line_search_sufficient,
             "line_search_shrink": self.line_search_shrink,
             "line_search_tries": self.line_search_tries,

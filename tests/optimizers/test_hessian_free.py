@@ -134,6 +134,16 @@ def test_damping_moves_with_the_reduction_ratio():
     assert adjusted(0.5) == 1.0 and adjusted(0.25) == 1.0 and adjusted(0.75) == 1.0
 
 
+def test_damping_decreases_down_to_its_floor_and_still_increases_from_it():
+    def adjusted(damping, rho):
+        return float(adjust_damping(tf.constant(damping), tf.constant(rho), minimum=0.8))
+
+    assert adjusted(1.0, 0.9) == pytest.approx(0.8)  # 2/3 would go below the floor.
+    assert adjusted(0.8, 0.9) == pytest.approx(0.8)
+    assert adjusted(3.0, 0.9) == pytest.approx(2.0)  # Above the floor: the plain factor.
+    assert adjusted(0.8, 0.1) == pytest.approx(1.2)
+
+
 def test_line_search_rejects_an_ascent_step_and_shrinks_an_overshoot():
     def objective(step):  # f(w + step) with w = 1, f = w²; the gradient is 2.
         return tf.reduce_sum(tf.square(1.0 + step))
@@ -284,10 +294,14 @@ def test_hessian_products_train_any_loss_and_ggn_names_the_fix():
 
 def test_config_round_trip_and_bad_settings():
     optimizer = HessianFree(damping=3.0, curvature_fraction=0.5, max_cg_iterations=40,
-                            preconditioner=None)
+                            preconditioner=None, min_damping=0.5)
     config = optimizer.get_config()
     assert HessianFree.from_config(config).get_config() == config
     assert config["damping"] == 3.0 and config["max_cg_iterations"] == 40
+    assert config["min_damping"] == 0.5
+    with pytest.raises(ValueError, match="`min_damping` must be a number in \\[0, damping=3.0\\]; "
+                                         "received 4.0"):
+        HessianFree(damping=3.0, min_damping=4.0)
     with pytest.raises(ValueError, match="`curvature_fraction` must be a number in \\(0, 1\\]"):
         HessianFree(curvature_fraction=0.0)
     with pytest.raises(ValueError, match="`damping` must be a number > 0; received -1"):
