@@ -10,13 +10,14 @@ only: every `--eval-every` seconds it stops while the per-image squared reconstr
 (summed over pixels, averaged over images) is measured on the whole training and test sets.
 
 Settings: HessianFree with Martens' defaults (lambda 45, 5e-4 stopping rule, curvature and
-preconditioner on a quarter of each batch) except CG capped at `--hf-cg` iterations (Martens:
-250), on batches of `--hf-batch` images. The batch and cap are the best of 4-minute pilots on 2
-CPUs (training error on 10000 images after 4 minutes: batch 2000 / CG 50: 4.63, 2000 / 100: 6.79,
-1000 / 50: 5.28): with per-iteration costs this high, more, shorter iterations win. Adam and
-SGD+Nesterov train on batches of 200 (Sutskever et al. 2013); their learning rate (and Adam's,
-and the momentum 0.99 of SGD) is the best of a grid, each grid point trained for
-`--pilot-seconds` from the same start, judged by the training error at the end.
+preconditioner on a quarter of each batch) except CG capped at `--hf-cg` iterations (Martens: 250),
+on batches of `--hf-batch` images, and lambda floored at `--hf-min-damping` (Martens: 0). The batch
+and cap are the best of 4-minute pilots on 2 CPUs (training error on 10000 images after 4 minutes:
+batch 2000 / CG 50: 4.63, 2000 / 100: 6.79, 1000 / 50: 5.28): with per-iteration costs this high,
+more, shorter iterations win. Adam and SGD+Nesterov train on batches of 200 (Sutskever et al.
+2013); their learning rate (and Adam's, and the momentum 0.99 of SGD) is the best of a grid, each
+grid point trained for `--pilot-seconds` from the same start, judged by the training error at the
+end.
 
 Then a LeNet-5 classification run: HessianFree against SDLM on the subset of
 `benchmarks/optimizers_mnist.py`, for `--lenet-minutes` each.
@@ -142,7 +143,9 @@ def autoencoder_part(args):
         lambda rate: keras.optimizers.SGD(rate, momentum=0.99, nesterov=True), NESTEROV_RATES,
         data, args, pilot_error)
     runs = {
-        "hessian_free": (ks.optimizers.HessianFree(max_cg_iterations=args.hf_cg), args.hf_batch),
+        "hessian_free": (ks.optimizers.HessianFree(max_cg_iterations=args.hf_cg,
+                                                   min_damping=args.hf_min_damping),
+                         args.hf_batch),
         f"adam lr={adam_rate}": (keras.optimizers.Adam(adam_rate), SMALL_BATCH),
         f"sgd nesterov 0.99 lr={nesterov_rate}": (
             keras.optimizers.SGD(nesterov_rate, momentum=0.99, nesterov=True), SMALL_BATCH),
@@ -272,6 +275,7 @@ def main():
     parser.add_argument("--pilot-seconds", type=float, default=45.0)
     parser.add_argument("--hf-batch", type=int, default=2000)
     parser.add_argument("--hf-cg", type=int, default=50)
+    parser.add_argument("--hf-min-damping", type=float, default=0.0)
     parser.add_argument("--lenet-minutes", type=float, default=3.0)
     parser.add_argument("--data", default=None)
     parser.add_argument("--name", default="deep_autoencoder")
