@@ -93,6 +93,15 @@ def test_tfds_failure_says_how_to_provide_files(monkeypatch):
         mnist()
 
 
+def test_tfds_fallback_has_what_tfds_load_imports(tmp_path):
+    # tfds.load reaches a builder's code path before downloading; it imports importlib_resources,
+    # which tfds does not declare (tensorflow/datasets#11212). No network needed.
+    import tensorflow_datasets as tfds
+
+    code_path = tfds.builder("mnist", data_dir=str(tmp_path)).code_path
+    assert str(code_path).endswith("mnist.py")
+
+
 @pytest.mark.skipif(not os.environ.get(DATA_ENV_VAR), reason=f"{DATA_ENV_VAR} is not set")
 def test_real_mnist_files():
     (x_train, y_train), (x_test, y_test) = mnist()
