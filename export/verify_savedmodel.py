@@ -25,8 +25,9 @@ def main(directory, inputs_path, outputs_path):
         (argument,) = signature.structured_input_signature[1]
         spec = signature.structured_input_signature[1][argument]
         produced = signature(**{argument: images})
+        # The declared outputs, whose batch dimension is None like the input's.
         described = ", ".join(f"{key}: {value.dtype.name}{value.shape}"
-                              for key, value in produced.items())
+                              for key, value in signature.structured_outputs.items())
         print(f"signature {name!r}: {argument}: {spec.dtype.name}{spec.shape} -> {described}")
         outputs.update({f"{name}/{key}": value.numpy() for key, value in produced.items()})
     np.savez(outputs_path, **outputs)

@@ -27,7 +27,7 @@ def test_export_round_trip_with_tensorflow_only(lenet, tmp_path):
     printout, error = savedmodel.verify(lenet, directory, images(16))
     assert error <= savedmodel.TOLERANCE
     assert "signature 'serve': images: float32(None, 32, 32, 1)" in printout
-    assert "signature 'features'" in printout and "features: float32(16, 84)" in printout
+    assert "signature 'features'" in printout and "features: float32(None, 84)" in printout
 
 
 def test_signatures_take_any_batch_size(lenet, tmp_path):
