@@ -46,13 +46,13 @@ SDLM_SETTINGS = ((0.005, 0.02), (0.02, 0.02), (0.002, 0.005), (0.01, 0.05), (0.0
 BATCH = 32
 # On-line (batch 1): SGD diverges above 0.01, and SDLM's rate for weights with little
 # curvature, epsilon / mu, has to stay near that too.
+ONLINE_SGD_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+ONLINE_SDLM_SETTINGS = ((0.0001, 0.02), (0.0002, 0.02), (0.0005, 0.05), (0.001, 0.1),
+                        (0.0005, 0.002))
 # Squared error on a linear head: SGD diverges above 0.03.
 SQUARED_ERROR_SGD_RATES = (0.003, 0.01, 0.03, 0.05, 0.1, 0.3)
 SQUARED_ERROR_SDLM_SETTINGS = ((0.001, 0.02), (0.003, 0.02), (0.003, 0.005), (0.005, 0.05),
                                (0.01, 0.1))
-ONLINE_SGD_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
-ONLINE_SDLM_SETTINGS = ((0.0001, 0.02), (0.0002, 0.02), (0.0005, 0.05), (0.001, 0.1),
-                        (0.0005, 0.002))
 
 
 class EpochTimer(keras.callbacks.Callback):
