@@ -88,6 +88,15 @@ def train(build, optimizer, train_data, epochs, test_data=None, loss=None, batch
     return result
 
 
+def train_each(label, runs, build, train_data, epochs, test_data=None, **options):
+    """`train` for every `{name: optimizer}` of `runs`, from the same start; their results."""
+    results = {}
+    for name, optimizer in runs.items():
+        results[name] = train(build, optimizer, train_data, epochs, test_data, **options)
+        print(label, name, results[name]["loss"][-1], flush=True)
+    return results
+
+
 def interleaved_epoch_seconds(optimizers, train_data, runs):
     """Seconds per epoch of each optimizer on LeNet-5, epochs run round-robin: all runs.
 
@@ -143,20 +152,23 @@ def edge_of_stability_gains(train_data, mus=(0.02, 0.05, 0.1)):
     """
     data = tuple(array[:500] for array in train_data)
 
-    def lambda_max(optimizer):
+    def measured(optimizer):
+        """A PowerMethodLR that has estimated λ_max for LeNet-5 under `optimizer`."""
         keras.utils.set_random_seed(0)
         model = ks.wrap(lenet5())
         model.compile(optimizer, "sparse_categorical_crossentropy")
         callback = PowerMethodLR(data, verbose=0)
         callback.set_model(model)
-        return callback.estimate(), model, callback
+        callback.estimate()
+        return callback
 
-    sgd_lambda, _, _ = lambda_max(keras.optimizers.SGD())
+    sgd_lambda = measured(keras.optimizers.SGD()).lambda_max
     gains = {}
     for mu in mus:
-        sdlm_lambda, model, callback = lambda_max(ks.optimizers.SDLM(mu=mu))
-        rates = np.concatenate([np.ravel(p) for p in model.optimizer.diagonal_preconditioner(
-            model, callback.batches)])
+        sdlm = measured(ks.optimizers.SDLM(mu=mu))
+        sdlm_lambda = sdlm.lambda_max
+        rates = np.concatenate([np.ravel(p) for p in sdlm.model.optimizer.diagonal_preconditioner(
+            sdlm.model, sdlm.batches)])
         gain = rates * sgd_lambda / sdlm_lambda
         gains[str(mu)] = {"lambda_max_scaled": sdlm_lambda,
                           **{f"p{q}": float(np.percentile(gain, q)) for q in (10, 50, 90)}}
@@ -172,10 +184,7 @@ def lenet_part(args):
     runs["sgd momentum 0.9 lr=0.01"] = keras.optimizers.SGD(0.01, momentum=0.9)
     runs["adam lr=0.001"] = keras.optimizers.Adam(0.001)
     runs["esgd lr=0.005"] = ks.optimizers.EquilibratedSGD(0.005)
-    results = {}
-    for name, optimizer in runs.items():
-        results[name] = train(lenet5, optimizer, train_data, args.epochs, test_data)
-        print(name, results[name]["loss"][-1], results[name]["test_error"], flush=True)
+    results = train_each("batch 32", runs, lenet5, train_data, args.epochs, test_data)
     summary = compare(results, args.epochs)
     summary["timing"] = timing
     summary["sdlm_time_target_met"] = timing["target_met"]
@@ -186,13 +195,15 @@ def lenet_part(args):
 
 def compare(results, epochs):
     """The best SGD's final loss as the target, and the epochs the best SDLM takes to reach it."""
-    sgd_names = [name for name in results if name.startswith("sgd lr=")]
-    best_sgd = min(sgd_names, key=lambda name: results[name]["loss"][-1])
+    def final_loss(name):  # A diverged run (NaN) ranks last, not wherever min() leaves it.
+        loss = results[name]["loss"][-1]
+        return loss if np.isfinite(loss) else float("inf")
+
+    best_sgd = min((name for name in results if name.startswith("sgd lr=")), key=final_loss)
     target = results[best_sgd]["loss"][-1]
     for result in results.values():
         result["epochs_to_target"], result["seconds_to_target"] = to_target(result, target)
-    best_sdlm = min((name for name in results if name.startswith("sdlm")),
-                    key=lambda name: results[name]["loss"][-1])
+    best_sdlm = min((name for name in results if name.startswith("sdlm")), key=final_loss)
     sdlm_epochs = results[best_sdlm]["epochs_to_target"]
     return {"best_sgd": best_sgd, "best_sdlm": best_sdlm, "target_loss": target,
             "sgd_epochs": epochs, "sdlm_epochs_to_target": sdlm_epochs,
@@ -225,13 +236,9 @@ def squared_error_part(args, train_data, test_data):
 
     train_data = (train_data[0], plus_minus_one(train_data[1]))
     test_data = (test_data[0], plus_minus_one(test_data[1]))
-    results = {}
-    for name, optimizer in sgd_and_sdlm(SQUARED_ERROR_SGD_RATES, SQUARED_ERROR_SDLM_SETTINGS,
-                                        args.train // BATCH).items():
-        results[name] = train(lenet5_squared_error, optimizer, train_data, args.epochs,
-                              test_data, loss="mean_squared_error",
-                              metric="categorical_accuracy")
-        print("squared error", name, results[name]["loss"][-1], flush=True)
+    runs = sgd_and_sdlm(SQUARED_ERROR_SGD_RATES, SQUARED_ERROR_SDLM_SETTINGS, args.train // BATCH)
+    results = train_each("squared error", runs, lenet5_squared_error, train_data, args.epochs,
+                         test_data, loss="mean_squared_error", metric="categorical_accuracy")
     return results, compare(results, args.epochs)
 
 
@@ -242,12 +249,9 @@ def online_part(args, train_data, test_data):
     """
     runs = sgd_and_sdlm(ONLINE_SGD_RATES, ONLINE_SDLM_SETTINGS, args.online_train)
     data = tuple(array[:args.online_train] for array in train_data)
-    results = {}
-    for name, optimizer in runs.items():
-        # Fifty steps per call, so that Python's per-step overhead does not dominate.
-        results[name] = train(lenet5, optimizer, data, args.epochs, test_data, batch_size=1,
-                              steps_per_execution=50)
-        print("online", name, results[name]["loss"][-1], flush=True)
+    # Fifty steps per call, so that Python's per-step overhead does not dominate.
+    results = train_each("online", runs, lenet5, data, args.epochs, test_data, batch_size=1,
+                         steps_per_execution=50)
     return results, compare(results, args.epochs)
 
 
@@ -260,12 +264,8 @@ def autoencoder_part(args):
         "rmsprop lr=0.001": ks.optimizers.EquilibratedSGD(0.001, preconditioner="rmsprop",
                                                            update_every=1, beta=0.9),
     }
-    results = {}
-    for name, optimizer in runs.items():
-        results[name] = train(deep_autoencoder, optimizer, (images, images),
-                              args.autoencoder_epochs, loss="binary_crossentropy")
-        print(name, results[name]["loss"][-1], flush=True)
-    return results
+    return train_each("autoencoder", runs, deep_autoencoder, (images, images),
+                      args.autoencoder_epochs, loss="binary_crossentropy")
 
 
 def comparison_table(results, summary, epochs):
