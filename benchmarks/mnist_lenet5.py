@@ -28,6 +28,7 @@ TARGETS = {"none": 0.0095, "elastic": 0.006, "both": 0.006}
 
 
 def percent(errors):
+    """Test errors as percentages, comma-separated."""
     return ", ".join(f"{100 * error:.2f}" for error in errors)
 
 
@@ -52,7 +53,9 @@ def main():
                 if finished.returncode == 0:
                     runs[distortions].append(json.loads(summary.read_text()))
                 else:  # The example exits with a message when the net diverged.
-                    message = finished.stderr.strip().splitlines()[-1]
+                    # Its last line of stderr, or the exit code if it was killed silently.
+                    message = (finished.stderr.strip().splitlines()
+                               or [f"exit code {finished.returncode}"])[-1]
                     print(message, flush=True)
                     runs[distortions].append({"seed": seed, "failed": message})
     rows = ["| distortions | LeNet-5: mean (per seed) | LeNet-5 + SVM on F6: mean (per seed) | "
