@@ -61,11 +61,14 @@ class PowerMethodLR(keras.callbacks.Callback):
     as they were.
 
     Why re-estimate, and why not too eagerly: `λ_max` at initialization is often several times
-    its value a few hundred steps later, so one estimate before training gives a conservative rate
-    for the rest of it. Following `λ_max` step by step with small batches can overshoot instead:
-    a larger rate drives the weights to flatter regions, `λ_max` falls further and the rate keeps
-    rising until gradient noise dominates (benchmarks/spectrum.py measures both). A schedule
-    (below) or re-estimates every epoch or so are the safe middle.
+    its value a few hundred steps later, so one estimate before training can give a conservative
+    rate for the rest of it, most of all on unnormalized inputs, whose mean is a direction of
+    large curvature that the first steps remove (standardize them, as LeCun advises). Following
+    `λ_max` step by step with small batches can overshoot instead: a larger rate drives the
+    weights to flatter regions, `λ_max` falls further and the rate keeps rising until gradient
+    noise dominates. benchmarks/spectrum.py measures both: on a standardized MNIST MLP at batch
+    32, one estimate is within 1.2-1.4x of the best one-epoch SGD rate and following `λ_max`
+    3.6-4.4x above it. A schedule (below) or re-estimates every epoch or so are the safe middle.
 
     Optimizers that scale each weight's step by a diagonal preconditioner `P`
     (`w <- w - learning_rate * P g`) and expose it as
