@@ -5,7 +5,9 @@
    Gauss-Newton diagonal (Becker-LeCun back-propagation) re-estimated on 500 examples every
    epoch. PowerMethodLR sets `epsilon = scale / λ_max` of the curvature SDLM's scaling leaves,
    `P^1/2 H P^1/2` with `P = 1/(h + mu)`, re-estimated every epoch (`--lr-scale` sets the
-   scale), times a cosine decay over the run. HessianSpectrum logs the top eigenvalues and trace.
+   scale), times a cosine decay over the run; one estimate may at most double epsilon
+   (`--max-increase`), which keeps it from running away as λ_max falls. HessianSpectrum logs
+   the top eigenvalues and trace.
 2. A Gaussian-kernel SVM (scikit-learn) on the standardized F6 features of the trained net,
    turned into one Keras model whose predictions equal sklearn's.
 3. Both exported in TensorFlow Serving's layout and verified with TensorFlow alone.
@@ -59,6 +61,8 @@ def main():
     parser.add_argument("--mu", type=float, default=0.05, help="SDLM's damping")
     parser.add_argument("--lr-scale", type=float, default=1.0,
                         help="SDLM's epsilon = lr_scale / λ_max of the scaled Hessian")
+    parser.add_argument("--max-increase", type=float, default=2.0,
+                        help="each epoch's estimate may at most multiply epsilon by this")
     parser.add_argument("--weight-decay", type=float, default=1e-2,
                         help="decoupled weight decay: w <- w - epsilon * weight_decay * w")
     parser.add_argument("--svm-samples", type=int, default=10000)
@@ -88,7 +92,7 @@ def main():
                                       weight_decay=args.weight_decay or None),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     learning_rate = PowerMethodLR(measured, num_samples=500, scale=args.lr_scale,
-                                  every_n_epochs=1, verbose=0)
+                                  every_n_epochs=1, max_increase=args.max_increase, verbose=0)
     spectrum = HessianSpectrum(measured, every_n_epochs=max(args.epochs // 2, 1), k=3,
                                num_samples=500, trace_probes=10, density_iterations=30,
                                verbose=0)

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder import spectrum
-from keras_secondorder._validation import one_of, positive_int
+from keras_secondorder._validation import number, one_of, positive_int
 from keras_secondorder.callbacks._measure import (
     OperatorCache,
     ProgressOperator,
@@ -68,7 +68,9 @@ class PowerMethodLR(keras.callbacks.Callback):
     weights to flatter regions, `λ_max` falls further and the rate keeps rising until gradient
     noise dominates. benchmarks/spectrum.py measures both: on a standardized MNIST MLP at batch
     32, one estimate is within 1.2-1.4x of the best one-epoch SGD rate and following `λ_max`
-    3.6-4.4x above it. A schedule (below) or re-estimates every epoch or so are the safe middle.
+    3.6-4.4x above it. A schedule (below) or re-estimates every epoch or so are the safe middle;
+    `max_increase` bounds the feedback: each estimate may raise the rate by at most that factor,
+    so a run has to stay stable at a rate before it is offered a higher one.
 
     Optimizers that scale each weight's step by a diagonal preconditioner `P`
     (`w <- w - learning_rate * P g`) and expose it as
@@ -91,6 +93,9 @@ class PowerMethodLR(keras.callbacks.Callback):
         every_n_epochs: re-estimate at the start of every n-th epoch. Defaults to `None`.
         every_n_steps: re-estimate before every n-th training step (counted across epochs).
             Defaults to `None`. With neither, `λ_max` is estimated only before training.
+        max_increase: each re-estimate sets at most this factor times the previous estimate's
+            rate (a fall in `λ_max` is followed at once; a rise in the rate only step by step).
+            Defaults to `None`, no bound.
         tol: relative tolerance of the power iteration. Defaults to `1e-3`.
         max_iterations: products at most per estimate. Defaults to `50`.
         batch_size: examples per curvature product batch. Defaults to `250`.
@@ -104,8 +109,8 @@ class PowerMethodLR(keras.callbacks.Callback):
     """
 
     def __init__(self, data, num_samples=500, curvature="hessian", scale=1.0,
-                 every_n_epochs=None, every_n_steps=None, tol=1e-3, max_iterations=50,
-                 batch_size=250, verbose=1, seed=0):
+                 every_n_epochs=None, every_n_steps=None, max_increase=None, tol=1e-3,
+                 max_iterations=50, batch_size=250, verbose=1, seed=0):
         super().__init__()
         one_of(curvature, "curvature", ("hessian", "ggn"))
         if not scale > 0:
@@ -113,10 +118,15 @@ class PowerMethodLR(keras.callbacks.Callback):
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             if value is not None:
                 positive_int(value, name)
+        if max_increase is not None:
+            number(max_increase, "max_increase", lambda value: value >= 1,
+                   ">= 1 (the factor by which one estimate may raise the rate), or None")
         self.batches = measurement_batches(data, num_samples, batch_size)
         self.operators = OperatorCache(curvature, self.batches)
         self.curvature, self.scale = curvature, scale
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self.max_increase = max_increase
+        self.rate = None  # The last estimate's `scale / |λ_max|`, after `max_increase`.
         self.tol, self.max_iterations, self.verbose, self.seed = tol, max_iterations, verbose, seed
         self.lambda_max = None
         self.eigenvector = None  # The last estimate's, half of the next one's start.
@@ -191,6 +201,9 @@ class PowerMethodLR(keras.callbacks.Callback):
                           stacklevel=2)
         self.eigenvector = result.eigenvectors
         learning_rate = self.scale / abs(self.lambda_max)
+        if self.max_increase is not None and self.rate is not None:
+            learning_rate = min(learning_rate, self.max_increase * self.rate)
+        self.rate = learning_rate
         schedule = self.model.optimizer._learning_rate
         if isinstance(schedule, ScaledSchedule):
             schedule.factor.assign(learning_rate / float(schedule.schedule(0)))

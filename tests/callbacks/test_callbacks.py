@@ -128,6 +128,29 @@ def test_power_method_lr_every_n_steps_follows_the_hessian(float64, steps_per_ex
     assert len({rate for _, rate, _ in seen}) == len(estimated_at)  # The Hessian moved.
 
 
+def test_power_method_lr_max_increase_bounds_each_rise_of_the_rate(float64):
+    # Every estimate sets min(1/λ_max of the dense Hessian, max_increase * the previous rate).
+    model, x, y, _ = make_case("mlp", "ce", batch=40)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    callback = PowerMethodLR((x, y), num_samples=40, batch_size=40, every_n_steps=2,
+                             max_increase=1.01, tol=1e-12, max_iterations=2000, verbose=0)
+    seen = []  # (learning rate, 1/λ_max of the dense Hessian) before each step.
+
+    def record(batch, logs):
+        top = np.linalg.eigvalsh(dense.hessian(model, x, y))
+        seen.append((float(model.optimizer.learning_rate), 1 / np.max(np.abs(top))))
+
+    recorder = keras.callbacks.LambdaCallback(on_train_batch_begin=record)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[callback, recorder])
+    estimates = seen[::2]
+    np.testing.assert_allclose(estimates[0][0], estimates[0][1], rtol=1e-6)
+    bound = 0
+    for (previous, _), (rate, expected) in zip(estimates[:-1], estimates[1:], strict=True):
+        np.testing.assert_allclose(rate, min(expected, 1.01 * previous), rtol=1e-6)
+        bound += expected > 1.01 * previous * (1 + 1e-6)
+    assert 0 < bound < len(estimates) - 1  # The bound held some rises back, not every estimate.
+
+
 def test_power_method_lr_escapes_a_stale_eigenvector_of_a_lower_eigenvalue(float64):
     # The previous estimate's eigenvector is now the eigenvector of the second eigenvalue: alone
     # it is a fixed point of the power iteration (the Rayleigh quotient stops changing at once).
@@ -238,6 +261,19 @@ def test_hessian_spectrum_logs_plots_and_histograms(float64, tmp_path):
     histograms = [value.tag for event in tf.compat.v1.train.summary_iterator(str(events[0]))
                   for value in event.summary.value]
     assert histograms.count("hessian_density") == 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(curvature="fisher"), "`curvature` must be one of"),
+    (dict(scale=0.0), "`scale` must be positive; received 0.0"),
+    (dict(every_n_epochs=0), "`every_n_epochs` must be a positive integer; received 0"),
+    (dict(every_n_steps=2.5), "`every_n_steps` must be a positive integer; received 2.5"),
+    (dict(max_increase=0.5), r"`max_increase` must be a number >= 1 .*; received 0.5"),
+])
+def test_power_method_lr_bad_arguments(float64, kwargs, match):
+    _, x, y, _ = make_case("mlp", "ce")
+    with pytest.raises(ValueError, match=match):
+        PowerMethodLR((x, y), **kwargs)
 
 
 @pytest.mark.parametrize("kwargs,match", [
