@@ -138,6 +138,7 @@ def main():
     results = {
         "epochs": args.epochs, "distortions": args.distortions, "batch_size": args.batch_size,
         "optimizer": "SDLM", "mu": args.mu, "lr_scale": args.lr_scale,
+        "max_increase": args.max_increase,
         "weight_decay": args.weight_decay,
         "lambda_max": history["lambda_max"],
         "learning_rate": history["learning_rate"], "train_seconds": train_seconds,
