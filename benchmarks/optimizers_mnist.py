@@ -166,11 +166,10 @@ def edge_of_stability_gains(train_data, mus=(0.02, 0.05, 0.1)):
     gains = {}
     for mu in mus:
         sdlm = measured(ks.optimizers.SDLM(mu=mu))
-        sdlm_lambda = sdlm.lambda_max
-        rates = np.concatenate([np.ravel(p) for p in sdlm.model.optimizer.diagonal_preconditioner(
-            sdlm.model, sdlm.batches)])
-        gain = rates * sgd_lambda / sdlm_lambda
-        gains[str(mu)] = {"lambda_max_scaled": sdlm_lambda,
+        rates = ks.curvature.flatten(
+            sdlm.model.optimizer.diagonal_preconditioner(sdlm.model, sdlm.batches)).numpy()
+        gain = rates * sgd_lambda / sdlm.lambda_max
+        gains[str(mu)] = {"lambda_max_scaled": sdlm.lambda_max,
                           **{f"p{q}": float(np.percentile(gain, q)) for q in (10, 50, 90)}}
     return {"lambda_max": sgd_lambda, "gains": gains}
 
