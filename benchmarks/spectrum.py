@@ -151,6 +151,21 @@ def learning_rate_sweep():
         loss = float(model.evaluate(x, y, batch_size=1000, verbose=0))
         return loss if np.isfinite(loss) else float("inf")
 
+    def with_power_method(loss, seed, x, y, batch_size, every_n_steps, best):
+        """One epoch at the rates PowerMethodLR sets, against the best grid rate `best`."""
+        callback = PowerMethodLR((x, y), num_samples=500, every_n_steps=every_n_steps, verbose=0)
+        model, rates = fresh(GRID[0], loss, seed), []
+        recorder = keras.callbacks.LambdaCallback(  # The rate of every step.
+            on_train_batch_begin=lambda batch, logs: rates.append(
+                float(model.optimizer.learning_rate)))
+        final_loss = one_epoch(model, x, y, batch_size, [callback, recorder])
+        predicted = statistics.median(rates)  # Over the epoch's steps.
+        return {"every_n_steps": every_n_steps, "loss": final_loss,
+                "lambda_max_first": 1.0 / rates[0], "lambda_max_last": 1.0 / rates[-1],
+                "median_learning_rate": predicted, "first_learning_rate": rates[0],
+                "last_learning_rate": rates[-1],
+                "factor": max(predicted / best, best / predicted)}
+
     sweep = {}
     for name, loss, batch_size, samples, standardized, seeds in SETTINGS:
         x = (x_standard if standardized else x_raw)[:samples]
@@ -165,22 +180,9 @@ def learning_rate_sweep():
             row = {"grid_losses": {str(k): v for k, v in grid.items()},
                    "best_learning_rate": best, "best_loss": grid[best]}
             # Once before training; and re-estimated every TRACK_IMAGES images, warm-started.
-            for estimate, every_n_steps in (("initial", None),
-                                            ("tracking", max(1, TRACK_IMAGES // batch_size))):
-                callback = PowerMethodLR((x, y), num_samples=500, every_n_steps=every_n_steps,
-                                         verbose=0)
-                model, rates = fresh(GRID[0], loss, seed), []
-                recorder = keras.callbacks.LambdaCallback(  # The rate of every step.
-                    on_train_batch_begin=lambda batch, logs, model=model, rates=rates:
-                    rates.append(float(model.optimizer.learning_rate)))
-                final_loss = one_epoch(model, x, y, batch_size, [callback, recorder])
-                predicted = statistics.median(rates)  # Over the epoch's steps.
-                row[estimate] = {
-                    "every_n_steps": every_n_steps, "loss": final_loss,
-                    "lambda_max_first": 1.0 / rates[0], "lambda_max_last": 1.0 / rates[-1],
-                    "median_learning_rate": predicted, "first_learning_rate": rates[0],
-                    "last_learning_rate": rates[-1], "factor": max(predicted / best,
-                                                                   best / predicted)}
+            row["initial"] = with_power_method(loss, seed, x, y, batch_size, None, best)
+            row["tracking"] = with_power_method(loss, seed, x, y, batch_size,
+                                                max(1, TRACK_IMAGES // batch_size), best)
             sweep[name]["seeds"][str(seed)] = row
             print(name, seed, best, row["initial"]["first_learning_rate"],
                   row["initial"]["factor"], row["tracking"]["factor"], flush=True)
