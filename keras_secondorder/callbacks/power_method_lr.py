@@ -6,16 +6,18 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder import spectrum
-from keras_secondorder._validation import number, one_of, positive_int
+from keras_secondorder._keras_compat import unwrap_optimizer
+from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.callbacks._measure import (
     OperatorCache,
     ProgressOperator,
+    check_inputs_batched,
     is_finite,
     measurement_batches,
     progress_bar,
 )
 from keras_secondorder.curvature import flatten
-from keras_secondorder.spectrum._krylov import random_unit_vector
+from keras_secondorder.spectrum._krylov import NonFiniteCurvatureError, random_unit_vector
 
 
 @keras.saving.register_keras_serializable(package="keras_secondorder")
@@ -42,6 +44,30 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
                 "factor": float(keras.ops.convert_to_numpy(self.factor))}
+
+
+def check_optimizer(optimizer):
+    """Raises a ValueError unless `optimizer`'s step is `learning_rate` times a fixed direction.
+
+    Those are plain gradient descent (`keras.optimizers.SGD` without momentum) and optimizers
+    with a diagonal preconditioner they expose (`diagonal_preconditioner`, as SDLM).
+    """
+    if hasattr(optimizer, "diagonal_preconditioner"):
+        return
+    if isinstance(optimizer, keras.optimizers.SGD):
+        if float(optimizer.momentum) == 0.0:
+            return
+        reason = (f"with momentum={optimizer.momentum} its edge of stability is "
+                  f"2(1 + momentum)/λ_max, not 2/λ_max")
+    else:
+        reason = ("its step is not learning_rate times the gradient (Adam, RMSprop and the like "
+                  "normalize it by running gradient statistics), so 1/λ_max is not its rate")
+    raise ValueError(
+        f"PowerMethodLR sets learning_rate = scale / λ_max, the optimal rate of gradient "
+        f"descent; the model's optimizer is {type(optimizer).__name__}, and {reason}. Compile "
+        "with keras.optimizers.SGD (momentum=0) or keras_secondorder.optimizers.SDLM, or "
+        "measure λ_max without setting a rate: keras_secondorder.callbacks.HessianSpectrum."
+    )
 
 
 class PowerMethodLR(keras.callbacks.Callback):
@@ -71,6 +97,15 @@ class PowerMethodLR(keras.callbacks.Callback):
     3.6-4.4x above it. A schedule (below) or re-estimates every epoch or so are the safe middle;
     `max_increase` bounds the feedback: each estimate may raise the rate by at most that factor,
     so a run has to stay stable at a rate before it is offered a higher one.
+
+    Which optimizers: 1/λ_max is a rate only where the step is `learning_rate * (direction)`
+    with a fixed direction per gradient: plain gradient descent (`keras.optimizers.SGD` without
+    momentum, where it is LeCun's optimum) and SDLM below. For Adam, RMSprop, momentum, ...
+    the rate multiplies a step the Hessian alone does not describe (Adam's is normalized by
+    its running gradient scale; heavy-ball momentum moves the edge of stability to
+    `2(1 + momentum)/λ_max`), so setting `1/λ_max` there would silently set a meaningless
+    rate: `fit` stops at its start with an error naming the optimizers that fit. Keras's
+    `LossScaleOptimizer` (mixed precision) is seen through: the rate is the inner optimizer's.
 
     Optimizers that scale each weight's step by a diagonal preconditioner `P`
     (`w <- w - learning_rate * P g`) and expose it as
@@ -113,29 +148,39 @@ class PowerMethodLR(keras.callbacks.Callback):
                  max_iterations=50, batch_size=250, verbose=1, seed=0):
         super().__init__()
         one_of(curvature, "curvature", ("hessian", "ggn"))
-        if not scale > 0:
-            raise ValueError(f"`scale` must be positive; received {scale!r}.")
-        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
-            if value is not None:
-                positive_int(value, name)
-        if max_increase is not None:
-            number(max_increase, "max_increase", lambda value: value >= 1,
-                   ">= 1 (the factor by which one estimate may raise the rate), or None")
+        self.scale = number(scale, "scale", lambda v: v > 0,
+                            "> 0 (1 is LeCun's optimum, 2 the edge of stability)")
+        self.every_n_epochs, self.every_n_steps = (
+            None if value is None else positive_int(value, name)
+            for name, value in (("every_n_epochs", every_n_epochs),
+                                ("every_n_steps", every_n_steps)))
+        self.max_increase = None if max_increase is None else number(
+            max_increase, "max_increase", lambda value: value >= 1,
+            ">= 1 (the factor by which one estimate may raise the rate), or None")
+        self.tol = number(tol, "tol", lambda v: v > 0, "> 0")
+        self.max_iterations = positive_int(max_iterations, "max_iterations")
+        self.verbose = one_of(verbose, "verbose", (0, 1, 2, False, True))
+        self.seed = integer(seed, "seed")
         self.batches = measurement_batches(data, num_samples, batch_size)
         self.operators = OperatorCache(curvature, self.batches)
-        self.curvature, self.scale = curvature, scale
-        self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
-        self.max_increase = max_increase
+        self.curvature = curvature
         self.rate = None  # The last estimate's `scale / |λ_max|`, after `max_increase`.
-        self.tol, self.max_iterations, self.verbose, self.seed = tol, max_iterations, verbose, seed
         self.lambda_max = None
         self.eigenvector = None  # The last estimate's, half of the next one's start.
         self._estimates = 0
         # Steps counted from the callbacks' step indices, so that nothing waits on the device.
         self._step = self._epoch_start = self._estimated_at = 0
 
+    @property
+    def optimizer(self):
+        """The optimizer whose rate is set: the model's, inside Keras's loss-scaling wrapper."""
+        return unwrap_optimizer(self.model.optimizer)
+
     def on_train_begin(self, logs=None):
-        optimizer = self.model.optimizer
+        optimizer = self.optimizer
+        check_optimizer(optimizer)
+        check_inputs_batched(self.model, self.batches)
+        self.operators.get(self.model)  # A loss without a Gauss-Newton split fails here.
         schedule = getattr(optimizer, "_learning_rate", None)
         if (isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule)
                 and not isinstance(schedule, ScaledSchedule)):
@@ -163,14 +208,14 @@ class PowerMethodLR(keras.callbacks.Callback):
         if logs is not None:
             logs["lambda_max"] = float(self.lambda_max)
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(
-                self.model.optimizer.learning_rate))
+                self.optimizer.learning_rate))
 
     def estimate(self):
         """Measures `λ_max` now and sets the learning rate; returns `λ_max`."""
         operator = ProgressOperator(
             self.operators.get(self.model),
             progress_bar(self.max_iterations, self.verbose, f"{self.curvature} products"))
-        preconditioner = getattr(self.model.optimizer, "diagonal_preconditioner", None)
+        preconditioner = getattr(self.optimizer, "diagonal_preconditioner", None)
         if preconditioner is not None:
             # P^1/2 H P^1/2: the curvature the preconditioned step sees.
             root = tf.linalg.LinearOperatorDiag(
@@ -183,10 +228,13 @@ class PowerMethodLR(keras.callbacks.Callback):
             fresh = random_unit_vector(operator.shape[-1], self.seed, self._estimates)
             start = self.eigenvector + fresh[None]  # Both of length 1.
         self._estimates += 1
-        result = spectrum.power_iteration(operator, k=1, tol=self.tol,
-                                          max_iterations=self.max_iterations, seed=self.seed,
-                                          initial_vectors=start)
-        self.lambda_max = float(result.eigenvalues[0])
+        try:
+            result = spectrum.power_iteration(operator, k=1, tol=self.tol,
+                                              max_iterations=self.max_iterations,
+                                              seed=self.seed, initial_vectors=start)
+            self.lambda_max = float(result.eigenvalues[0])
+        except NonFiniteCurvatureError:
+            self.lambda_max = float("nan")
         self._estimated_at = self._step
         if not is_finite(self.lambda_max) or self.lambda_max == 0.0:
             self.eigenvector = None  # The next estimate starts afresh.
@@ -204,11 +252,11 @@ class PowerMethodLR(keras.callbacks.Callback):
         if self.max_increase is not None and self.rate is not None:
             learning_rate = min(learning_rate, self.max_increase * self.rate)
         self.rate = learning_rate
-        schedule = self.model.optimizer._learning_rate
+        schedule = self.optimizer._learning_rate
         if isinstance(schedule, ScaledSchedule):
             schedule.factor.assign(learning_rate / float(schedule.schedule(0)))
         else:
-            self.model.optimizer.learning_rate = learning_rate
+            self.optimizer.learning_rate = learning_rate
         if self.verbose:
             print(f"PowerMethodLR: λ_max = {self.lambda_max:.6g} ({result.num_products} "
                   f"{self.curvature} products), learning rate set to {learning_rate:.6g}")

@@ -13,16 +13,20 @@ Per-example backward passes are `GradientTape.jacobian` over chunks of `chunk_si
 so memory stays bounded by the chunk, not the batch.
 """
 
+import functools
+import weakref
+
 import tensorflow as tf
 
 from keras_secondorder import _random as random
-from keras_secondorder._validation import one_of, positive_int
+from keras_secondorder._validation import integer, one_of, positive_int
 from keras_secondorder.curvature import gradient_squares
 from keras_secondorder.curvature.bbprop import bbprop_diagonal
 from keras_secondorder.curvature.hessian import _hessian_product
 from keras_secondorder.curvature.objective import Objective, as_batches, batch_weights
 from keras_secondorder.curvature.output_losses import rows
 from keras_secondorder.curvature.output_space import penalty_diagonal
+from keras_secondorder.curvature.vectors import densify
 
 _ZERO = tf.UnconnectedGradients.ZERO
 METHODS = ("ggn", "ggn_mc", "hutchinson", "empirical_fisher", "bbprop")
@@ -31,6 +35,15 @@ METHODS = ("ggn", "ggn_mc", "hutchinson", "empirical_fisher", "bbprop")
 def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=False, samples=1,
              seed=0, chunk_size=64):
     """Estimates the diagonal of the Gauss-Newton, Hessian or empirical Fisher matrix.
+
+    The computation is traced once per model, settings and batch shape, and reused by later
+    calls (training between calls is seen: the weights are read when it runs).
+
+    Cost per batch of `N` examples with `C` outputs: `"ggn"` `C` vectorized per-example
+    backward passes over the batch, `"ggn_mc"` `samples` of them (one draw at a time, so time
+    is linear in `samples` and memory bounded by one draw's `chunk_size` rows),
+    `"hutchinson"` `samples` Hessian-vector products, `"empirical_fisher"` one (one plain
+    backward pass for Dense chains), `"bbprop"` about one backward pass.
 
     Args:
         model: a built Keras model, compiled with a loss unless `loss` is given.
@@ -50,17 +63,34 @@ def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=F
     Returns:
         The diagonal, a list of tensors shaped like the variables.
     """
-    objective = Objective(model, loss=loss, variables=variables, training=training)
     _check_settings(method, samples, chunk_size)
+    integer(seed, "seed")
+    objective, compiled = _compiled_diagonal(model, loss, variables, training)
     batches = as_batches(data)
-    compiled = tf.function(batch_diagonal)
+    if method not in ("hutchinson",):
+        objective.check_split(batches[0])
     total = [tf.zeros_like(p) for p in objective.params()]
     for index, (weight, batch) in enumerate(zip(batch_weights(batches, objective.dtype), batches,
                                                 strict=True)):
-        part = compiled(objective, batch, method, samples=samples,
+        part = compiled(batch, method, samples=samples,
                         seed=tf.constant([seed, index], tf.int64), chunk_size=chunk_size)
         total = [t + weight * p for t, p in zip(total, part, strict=True)]
     return total
+
+
+# model -> {(loss, variables, training): (objective, its compiled batch_diagonal)}.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled_diagonal(model, loss, variables, training):
+    objective = Objective(model, loss=loss, variables=variables, training=training)
+    key = (loss if loss is None or isinstance(loss, str) else id(loss),
+           tuple(id(v) for v in objective.variables),
+           tuple(id(v) for v in model.trainable_variables), objective.training)
+    cache = _COMPILED.setdefault(model, {})
+    if key not in cache:
+        cache[key] = (objective, tf.function(functools.partial(batch_diagonal, objective)))
+    return cache[key]
 
 
 def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=64):
@@ -78,16 +108,14 @@ def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=
         def factors(output_loss, z):
             return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
     elif method == "ggn_mc":
-        def factors(output_loss, z):
-            # All draws at once: row s * N + n is draw s of example n.
-            draws = output_loss.sample_hessian_sqrt(tf.tile(z, [samples, 1]), seed)
-            return [draws / tf.sqrt(tf.cast(samples, z.dtype))]
+        return _monte_carlo_ggn(objective, batch, samples, seed, chunk_size)
     elif gradient_squares.supports(objective.model):  # "empirical_fisher", Dense layers only.
         return gradient_squares.dense_chain_gradient_squares(objective, batch)
     else:
         def factors(output_loss, z):
             return [output_loss.row_gradients(batch.y, z)]
-    return _output_space_diagonal(objective, batch, factors, chunk_size)
+    squares, num_losses = _output_space_squares(objective, batch, factors, chunk_size)
+    return _with_penalty(objective, squares, num_losses)
 
 
 def _check_settings(method, samples, chunk_size):
@@ -96,11 +124,35 @@ def _check_settings(method, samples, chunk_size):
     positive_int(chunk_size, "chunk_size")
 
 
-def _output_space_diagonal(objective, batch, factors, chunk_size):
-    # diag(sum_n c_n sum_f J_nᵀ r_nf r_nfᵀ J_n) = sum_n c_n sum_f (J_nᵀ r_nf)² + diag(∇²R), with
+def _monte_carlo_ggn(objective, batch, samples, seed, chunk_size):
+    # One draw r_n per example at a time (a tf.while_loop): the per-example backward passes of
+    # a draw go through a forward pass of N rows, not of samples * N, so time is linear in
+    # samples and memory that of one draw.
+    def draw(index, total):
+        draw_seed = tf.stack([seed[0], seed[1] * samples + tf.cast(index, tf.int64)])
+
+        def factors(output_loss, z):
+            return [output_loss.sample_hessian_sqrt(z, draw_seed)]
+
+        squares, _ = _output_space_squares(objective, batch, factors, chunk_size)
+        return index + 1, [t + s for t, s in zip(total, squares, strict=True)]
+
+    zeros = [tf.zeros_like(p) for p in objective.params()]
+    _, total = tf.while_loop(lambda index, _: index < samples, draw, (tf.constant(0), zeros))
+    _, losses = objective.forward(objective.params(), batch.x)
+    return _with_penalty(objective, [t / samples for t in total], len(losses))
+
+
+def _with_penalty(objective, squares, num_losses):
+    penalty = penalty_diagonal(objective, objective.params(), num_losses)
+    return squares if penalty is None else [s + p for s, p in zip(squares, penalty, strict=True)]
+
+
+def _output_space_squares(objective, batch, factors, chunk_size):
+    # diag(sum_n c_n sum_f J_nᵀ r_nf r_nfᵀ J_n) = sum_n c_n sum_f (J_nᵀ r_nf)², with
     # output-space factors r_nf of the curvature; J_nᵀ r_nf is the per-example gradient of
-    # r_nfᵀ z_n, computed for a chunk of rows at a time with a vectorized jacobian. Each factor
-    # block holds rows (f, n) in the order f * N + n.
+    # r_nfᵀ z_n, computed for a chunk of rows at a time with a vectorized jacobian. Returns the
+    # squares and the number of model.losses (for the penalty's diagonal).
     params = objective.params()
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(params)
@@ -111,9 +163,8 @@ def _output_space_diagonal(objective, batch, factors, chunk_size):
         scale = tf.sqrt(output_loss.row_weights(batch.y, fixed, batch.sample_weight))[:, None]
         chunks = []
         for block in factors(output_loss, fixed):
-            repeats = tf.shape(block)[0] // tf.shape(fixed)[0]
-            weighted = tf.stop_gradient(tf.tile(scale, [repeats, 1]) * block)
-            projections = tf.reduce_sum(weighted * tf.tile(z_rows, [repeats, 1]), axis=-1)
+            weighted = tf.stop_gradient(scale * block)
+            projections = tf.reduce_sum(weighted * z_rows, axis=-1)
             size = projections.shape[0]
             if size is None:  # Batch size unknown when traced: one chunk.
                 chunks.append(projections)
@@ -123,11 +174,10 @@ def _output_space_diagonal(objective, batch, factors, chunk_size):
     total = [tf.zeros_like(p) for p in params]
     for chunk in chunks:
         per_example = tape.jacobian(chunk, params, unconnected_gradients=_ZERO)
-        total = [t + tf.reduce_sum(tf.square(g), axis=0)
-                 for t, g in zip(total, per_example, strict=True)]
+        total = [t + tf.reduce_sum(tf.square(densify(g, p)), axis=0)
+                 for t, g, p in zip(total, per_example, params, strict=True)]
     del tape
-    penalty = penalty_diagonal(objective, params, num_losses=len(losses))
-    return total if penalty is None else [t + p for t, p in zip(total, penalty, strict=True)]
+    return total, len(losses)
 
 
 def _hutchinson(objective, batch, samples, seed):

@@ -50,4 +50,5 @@ class FisherOperator(CurvatureOperator):
     """
 
     positive_semidefinite = True
+    splits_at_outputs = True
     batch_product = staticmethod(_fisher_product)

@@ -51,4 +51,5 @@ class GGNOperator(CurvatureOperator):
     """
 
     positive_semidefinite = True
+    splits_at_outputs = True
     batch_product = staticmethod(_ggn_product)

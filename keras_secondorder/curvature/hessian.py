@@ -4,8 +4,7 @@ import tensorflow as tf
 
 from keras_secondorder.curvature.objective import as_batch, as_objective
 from keras_secondorder.curvature.operator import CurvatureOperator
-
-_ZERO = tf.UnconnectedGradients.ZERO
+from keras_secondorder.curvature.vectors import dense_gradient
 
 
 def gradient(model, x, y, sample_weight=None, *, loss=None, variables=None, training=None):
@@ -53,7 +52,7 @@ def _hessian_product(objective, batch, vector):
         outer.watch(params)
         _, grads = objective.gradient(params, batch)
         directional = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector, strict=True)])
-    return outer.gradient(directional, params, unconnected_gradients=_ZERO)
+    return dense_gradient(outer, directional, params)
 
 
 def finite_difference_hessian_vector_product(model, x, y, vector, sample_weight=None, *,

@@ -16,7 +16,6 @@ from keras_secondorder.curvature import output_losses, vectors
 Batch = collections.namedtuple("Batch", ["x", "y", "sample_weight"], defaults=[None])
 Batch.__doc__ = "One batch of data: inputs `x`, targets `y` and optional `sample_weight`."
 
-_ZERO = tf.UnconnectedGradients.ZERO
 
 
 def as_batch(data, name="data"):
@@ -27,8 +26,15 @@ def as_batch(data, name="data"):
             f"{type(data).__name__}{f' of length {len(data)}' if isinstance(data, tuple) else ''}."
             " Pass the batch as a tuple, or a tf.data.Dataset of such tuples."
         )
-    return Batch(*(None if part is None else tf.nest.map_structure(tf.convert_to_tensor, part)
-                   for part in data))
+    batch = Batch(*(None if part is None else tf.nest.map_structure(tf.convert_to_tensor, part)
+                    for part in data))
+    if tf.nest.flatten(batch.x)[0].shape.rank and tf.nest.flatten(batch.x)[0].shape[0] == 0:
+        raise ValueError(
+            f"`{name}` holds no examples (its inputs have shape "
+            f"{tf.nest.flatten(batch.x)[0].shape}); the curvature of an empty batch is not "
+            "defined. Pass at least one example."
+        )
+    return batch
 
 
 def as_batches(data):
@@ -188,7 +194,7 @@ class Objective:
         with tf.GradientTape() as tape:
             tape.watch(params)
             value = self.value(params, batch)
-        return value, tape.gradient(value, params, unconnected_gradients=_ZERO)
+        return value, vectors.dense_gradient(tape, value, params)
 
     def output_loss(self, batch, y_pred):
         """The matching loss in output space, where the Gauss-Newton matrix splits the objective.
@@ -204,6 +210,16 @@ class Objective:
             )
         compile_loss = self._explicit_loss or self.model._compile_loss
         return output_losses.resolve(compile_loss, batch.y, y_pred)
+
+    def check_split(self, batch):
+        """Raises the `output_loss` error now, eagerly, if `batch`'s objective has no split.
+
+        Operators and callbacks of the Gauss-Newton and Fisher matrices call it when they are
+        made, so that a multi-output model or an unsupported loss is refused there, not an
+        epoch later inside a traced product.
+        """
+        y_pred, _ = self.forward(self.params(), batch.x)
+        self.output_loss(batch, y_pred).split(y_pred)
 
     def _trainable_values(self, params):
         """All trainable values, with `params` in place of `variables`' current values."""

@@ -40,6 +40,8 @@ class CurvatureOperator(tf.linalg.LinearOperator):
     batch_product = None
     # Whether the undamped matrix is positive semi-definite by construction.
     positive_semidefinite = False
+    # Whether the matrix splits the objective at the outputs (needs a matching loss).
+    splits_at_outputs = False
 
     def __init__(self, model, data, *, loss=None, variables=None, training=False, damping=0.0,
                  jit_compile=False, name=None):
@@ -51,6 +53,8 @@ class CurvatureOperator(tf.linalg.LinearOperator):
         self._damping = damping
         self.objective = Objective(model, loss=loss, variables=variables, training=training)
         self.batches = as_batches(data)
+        if self.splits_at_outputs:
+            self.objective.check_split(self.batches[0])
         self._batch_weights = batch_weights(self.batches, self.objective.dtype)
         self._compiled_product = tf.function(
             functools.partial(type(self).batch_product, self.objective), jit_compile=jit_compile
@@ -84,6 +88,15 @@ class CurvatureOperator(tf.linalg.LinearOperator):
         """`A x` for a flat vector `x`, or for a list of tensors shaped like the variables."""
         if isinstance(x, (list, tuple)):
             return self._list_product(x)
+        x = tf.convert_to_tensor(x) if not tf.is_tensor(x) else x
+        if x.dtype != self.dtype or x.shape.rank is None or x.shape[-1] != self._dimension:
+            raise ValueError(
+                f"{self.name}.matvec takes a flat {self.dtype.name} vector of length "
+                f"{self._dimension} (the number of parameters), or a list shaped like the "
+                f"variables; received {x.dtype.name} of shape {x.shape}. Cast it with "
+                f"tf.cast(x, {self.dtype.name!r}) or flatten a list with "
+                "keras_secondorder.curvature.flatten."
+            )
         return super().matvec(x, adjoint=adjoint, name=name)
 
     def _list_product(self, vector):

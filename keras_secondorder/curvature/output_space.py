@@ -11,12 +11,20 @@ import keras
 import tensorflow as tf
 from keras.src.losses.loss import scale_loss_for_distribution
 
+from keras_secondorder._keras_compat import has_recurrent_layer
+from keras_secondorder.curvature.vectors import dense_gradient
+
 _ZERO = tf.UnconnectedGradients.ZERO
 _ELEMENTWISE_PENALTIES = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
 
 
 def output_space_product(objective, batch, vector, output_product):
     """`v -> Jᵀ C J v + ∇²R v` on one batch.
+
+    `J v` comes from forward mode (`tf.autodiff.ForwardAccumulator`), except for models with a
+    recurrent layer: TensorFlow's forward mode cannot go through the `tf.while_loop` over time
+    steps inside `tf.function`, so there `J v` is the double-backward product
+    `∂/∂u (Jᵀ u)ᵀ v` (one more backward pass, exact all the same).
 
     Args:
         objective: the `Objective`.
@@ -29,6 +37,8 @@ def output_space_product(objective, batch, vector, output_product):
     """
     params = objective.params()
     vector = objective.check_vector(vector)
+    if has_recurrent_layer(objective.model):
+        return _double_backward_product(objective, batch, params, vector, output_product)
     with tf.autodiff.ForwardAccumulator(params, vector) as accumulator:
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(params)
@@ -36,19 +46,46 @@ def output_space_product(objective, batch, vector, output_product):
             regularization = objective.regularization(losses)
         # Reverse mode inside the accumulator: its JVP is the regularizer's Hessian product.
         regularization_grads = (
-            None if regularization is None
-            else tape.gradient(regularization, params, unconnected_gradients=_ZERO)
-        )
+            None if regularization is None else dense_gradient(tape, regularization, params))
     output_loss = objective.output_loss(batch, y_pred)
     z = output_loss.split(y_pred)
     jz = accumulator.jvp(z, unconnected_gradients=_ZERO)  # J v
     cjz = output_product(output_loss, batch, z, jz)  # C J v
-    result = tape.gradient(z, params, output_gradients=cjz, unconnected_gradients=_ZERO)  # Jᵀ C J v
+    result = dense_gradient(tape, z, params, output_gradients=cjz)  # Jᵀ C J v
     del tape
     if regularization_grads is not None:
         hessian_reg = accumulator.jvp(regularization_grads, unconnected_gradients=_ZERO)
         result = [a + b for a, b in zip(result, hessian_reg, strict=True)]
     return result
+
+
+def _double_backward_product(objective, batch, params, vector, output_product):
+    # J v = ∂/∂u (vᵀ Jᵀ u) for any u (linear in u), ∇²R v = ∂/∂w (∇Rᵀ v): reverse mode only.
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(params)
+        y_pred, losses = objective.forward(params, batch.x)
+        regularization = objective.regularization(losses)
+        output_loss = objective.output_loss(batch, y_pred)
+        z = output_loss.split(y_pred)
+        dummy = tf.zeros_like(z)
+        tape.watch(dummy)
+        pulled_back = dense_gradient(tape, z, params, output_gradients=dummy)  # Jᵀ u
+        directional = _dot(pulled_back, vector)
+        regularization_directional = (
+            None if regularization is None
+            else _dot(dense_gradient(tape, regularization, params), vector))
+    jz = tape.gradient(directional, dummy, unconnected_gradients=_ZERO)  # J v
+    cjz = output_product(output_loss, batch, z, jz)  # C J v
+    result = dense_gradient(tape, z, params, output_gradients=cjz)  # Jᵀ C J v
+    if regularization_directional is not None:
+        hessian_reg = dense_gradient(tape, regularization_directional, params)
+        result = [a + b for a, b in zip(result, hessian_reg, strict=True)]
+    del tape
+    return result
+
+
+def _dot(first, second):
+    return tf.add_n([tf.reduce_sum(a * b) for a, b in zip(first, second, strict=True)])
 
 
 def penalty_diagonal(objective, params, num_losses):
@@ -76,7 +113,7 @@ def penalty_diagonal(objective, params, num_losses):
                 tf.cast(regularizers[id(v)](p), p.dtype)
                 for v, p in zip(objective.variables, params, strict=True) if id(v) in regularizers
             ])
-        grads = tape.gradient(penalty, params, unconnected_gradients=_ZERO)
+        grads = dense_gradient(tape, penalty, params)
     # Keras divides model.losses by the number of replicas under tf.distribute, as the loss.
     return [scale_loss_for_distribution(d)
             for d in accumulator.jvp(grads, unconnected_gradients=_ZERO)]

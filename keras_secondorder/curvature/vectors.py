@@ -20,6 +20,7 @@ def unflatten(vector, shapes):
     ]
 
 
+@tf.autograph.experimental.do_not_convert
 def check_like(vector, variables, name="vector"):
     """Returns `vector` as a list of tensors of the variables' shapes and dtype.
 
@@ -40,5 +41,37 @@ def check_like(vector, variables, name="vector"):
             f"`{name}` must hold one tensor per variable with shapes {expected}; received shapes "
             f"{received}. Pass tensors shaped like the variables the curvature is taken over."
         )
+    # Arrays and numbers take the variables' dtype; a tensor must already have it.
+    wrong = [(index, tensor.dtype.name) for index, (part, tensor, variable) in enumerate(
+        zip(vector, tensors, variables, strict=True))
+        if not tensor.dtype.is_floating or (tf.is_tensor(part) and tensor.dtype != variable.dtype)]
+    if wrong:
+        raise ValueError(
+            f"`{name}` must hold real floating-point tensors of the variables' dtype "
+            f"{tf.as_dtype(variables[0].dtype).name}; parts {wrong} (index, dtype) are not. "
+            "Cast them first (tf.cast(v, variable.dtype)); a complex or integer vector has no "
+            "curvature product here."
+        )
     return [tf.cast(tensor, variable.dtype) for tensor, variable in zip(tensors, variables,
                                                                         strict=True)]
+
+
+def dense_gradient(tape, target, sources, output_gradients=None):
+    """`tape.gradient` with zeros for unconnected sources and dense tensors for all of them.
+
+    The gradient of a gather (an `Embedding` lookup) is a `tf.IndexedSlices`; curvature
+    products, diagonals and the optimizers' slots are shaped like the variables, so its rows
+    are summed into a dense tensor here (`unsorted_segment_sum`, exact, no dense-conversion
+    warning).
+    """
+    grads = tape.gradient(target, sources, output_gradients=output_gradients,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [densify(grad, source) for grad, source in zip(grads, sources, strict=True)]
+
+
+def densify(value, like):
+    """`value` as a dense tensor shaped like `like` (`tf.IndexedSlices` rows summed)."""
+    if isinstance(value, tf.IndexedSlices):
+        rows = tf.shape(like, out_type=value.indices.dtype)[0]
+        return tf.math.unsorted_segment_sum(value.values, value.indices, rows)
+    return value

@@ -7,6 +7,10 @@ import keras
 import tensorflow as tf
 from keras.src import backend
 
+from keras_secondorder._keras_compat import unwrap_optimizer
+from keras_secondorder._validation import learning_rate as validated_learning_rate
+from keras_secondorder.curvature.vectors import densify
+
 _MISSING_CURVATURE = (
     "{name} needs the curvature of each batch, which keras.Model's train step does not give "
     "optimizers. Build the model as keras_secondorder.Model (functional or subclassed), or wrap "
@@ -32,7 +36,8 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, learning_rate, name, **kwargs):
-        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        super().__init__(learning_rate=validated_learning_rate(learning_rate), name=name,
+                         **kwargs)
         # MirroredStrategy traces each replica's step in its own thread, concurrently: each
         # thread binds its own replica's batch.
         self._bound = threading.local()
@@ -85,7 +90,7 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
         """Updates `variable`'s curvature slots, before its `curvature_update_step`."""
         raise NotImplementedError
 
-    def after_curvature_refresh(self, distribution):
+    def after_curvature_refresh(self, distribution, statistics):
         """Runs (cross-replica context) after every variable's `curvature_refresh_step`."""
 
     def curvature_counters(self, statistics):
@@ -122,11 +127,20 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
         """The backend (tf) variables under Keras variables, which tf.distribute updates."""
         return [v.value if isinstance(v, backend.Variable) else v for v in trainable_variables]
 
+    def summed_dense_gradients(self, grads, trainable_variables):
+        """`(gradients, variables)`: dense gradients summed over replicas, backend variables.
+
+        An Embedding's gradient arrives as `tf.IndexedSlices`; a curvature step updates every
+        entry of its variable anyway (the preconditioner is dense), so it is made dense here.
+        """
+        variables = self._variable_values(trainable_variables)
+        dense = [densify(g, v) for g, v in zip(grads, variables, strict=True)]
+        pairs = self._all_reduce_sum_gradients(list(zip(dense, variables, strict=True)))
+        return [g for g, _ in pairs], variables
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         curvature = self._require_curvature()
-        variables = self._variable_values(trainable_variables)
-        pairs = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
-        grads = [g for g, _ in pairs]
+        grads, variables = self.summed_dense_gradients(grads, trainable_variables)
         statistics = self.curvature_statistics(curvature, grads, trainable_variables)
         values = grads + [t for t in tf.nest.flatten(statistics) if t.dtype.is_floating]
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in values])
@@ -149,7 +163,7 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
             if refresh is not None:
                 def refresh_all():
                     update_all(self.curvature_refresh_step, statistics)
-                    self.after_curvature_refresh(distribution)
+                    self.after_curvature_refresh(distribution, statistics)
 
                 tf.cond(first_replica(refresh), refresh_all, lambda: None)
             update_all(lambda variable, gradient, statistic, rate: self.curvature_update_step(
@@ -198,7 +212,7 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
         self.assign(self._preconditioners[self._get_variable_index(variable)],
                     self.refreshed_preconditioner(variable, statistic))
 
-    def after_curvature_refresh(self, distribution):
+    def after_curvature_refresh(self, distribution, statistics):
         preconditioners = tf.concat([tf.reshape(tf.cast(p, tf.float32), [-1])
                                      for p in self._preconditioners], axis=0)
         mean, variance = tf.nn.moments(preconditioners, axes=[0])
@@ -224,5 +238,5 @@ class DiagonalCurvatureOptimizer(CurvatureOptimizer):
 
 def bound_optimizer(optimizer):
     """The `CurvatureOptimizer` inside `optimizer` (unwrapping loss scaling), or `None`."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner = unwrap_optimizer(optimizer)
     return inner if isinstance(inner, CurvatureOptimizer) else None

@@ -58,15 +58,13 @@ class EquilibratedSGD(DiagonalCurvatureOptimizer):
                  damping=1e-4, momentum=0.0, beta=None, seed=0, name="equilibrated_sgd",
                  **kwargs):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        one_of(preconditioner, "preconditioner", PRECONDITIONERS)
-        positive_int(update_every, "update_every")
+        self.preconditioner = one_of(preconditioner, "preconditioner", PRECONDITIONERS)
+        self.update_every = positive_int(update_every, "update_every")
         self.damping = number(damping, "damping", lambda v: v > 0, "> 0")
         self.momentum = number(momentum, "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
         self.beta = None if beta is None else number(beta, "beta", lambda v: 0 <= v < 1,
                                                       "in [0, 1)")
         self.seed = integer(seed, "seed")
-        self.preconditioner = preconditioner
-        self.update_every = update_every
 
     def build(self, variables):
         if self.built:

@@ -204,7 +204,13 @@ class HessianFree(CurvatureOptimizer):
                 "gradient outside the objective breaks the quadratic model and the line search. "
                 "Remove it; for a weight cost add an L2 kernel_regularizer to the layers."
             )
-        kwargs.pop("learning_rate", None)  # Step sizes come from the line search.
+        if kwargs.get("learning_rate") is not None:
+            raise ValueError(
+                f"HessianFree takes no `learning_rate` (received {kwargs['learning_rate']!r}): "
+                "each step's size comes from its line search. Remove it; `damping` sets how "
+                "cautious the first steps are."
+            )
+        kwargs.pop("learning_rate", None)
         super().__init__(learning_rate=1.0, name=name, **kwargs)
         self.initial_damping = number(damping, "damping", lambda v: v > 0, "> 0")
         self.curvature = one_of(curvature, "curvature", CURVATURES)
@@ -254,18 +260,18 @@ class HessianFree(CurvatureOptimizer):
 
     def diagnostics(self):
         """The last step's CG iterations, rho, lambda, step size and model reduction."""
-        return {"cg_iterations": self.cg_iterations, "rho": self.rho, "damping": self.damping,
+        return {"skipped_steps": self.skipped_steps, "cg_iterations": self.cg_iterations,
+                "rho": self.rho, "damping": self.damping,
                 "step_size": self.step_size, "model_reduction": self.model_reduction,
                 "rejected_steps": self.rejected_steps}
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         curvature = self._require_curvature()
-        variables = self._variable_values(trainable_variables)
-        pairs = self._all_reduce_sum_gradients(list(zip(grads, variables, strict=True)))
+        grads, variables = self.summed_dense_gradients(grads, trainable_variables)
         # One iteration over all replicas' batches: CG cannot synchronize replicas inside its
         # tf.while_loop, so it runs in cross-replica context, summing over the local batches.
         tf.distribute.get_replica_context().merge_call(
-            self._iteration, args=([g for g, _ in pairs], curvature, variables))
+            self._iteration, args=(grads, curvature, variables))
 
     def _iteration(self, distribution, grads, curvature, variables):
         if getattr(distribution.extended, "_num_workers", 1) > 1:

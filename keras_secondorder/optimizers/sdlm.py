@@ -73,30 +73,39 @@ class SDLM(DiagonalCurvatureOptimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.mu = number(mu, "mu", lambda v: v >= 0, ">= 0")
         self.gamma = number(gamma, "gamma", lambda v: 0 < v <= 1, "in (0, 1]")
-        positive_int(curvature_samples, "curvature_samples")
-        if reestimate_every is not None:
-            positive_int(reestimate_every, "reestimate_every")
-        one_of(diagonal, "diagonal", DIAGONALS)
-        positive_int(diagonal_samples, "diagonal_samples")
+        self.curvature_samples = positive_int(curvature_samples, "curvature_samples")
+        self.reestimate_every = (None if reestimate_every is None
+                                 else positive_int(reestimate_every, "reestimate_every"))
+        self.diagonal = one_of(diagonal, "diagonal", DIAGONALS)
+        self.diagonal_samples = positive_int(diagonal_samples, "diagonal_samples")
         self.seed = integer(seed, "seed")
-        self.curvature_samples = curvature_samples
-        self.reestimate_every = reestimate_every
-        self.diagonal = diagonal
-        self.diagonal_samples = diagonal_samples
 
     def build(self, variables):
         if self.built:
             return
         super().build(variables)
         self._curvatures = self.add_optimizer_variables(variables, "curvature")
+        # The estimation window in samples, whatever the batch sizes (a short last batch of an
+        # epoch counts for what it holds): the period the current estimate belongs to, the
+        # samples it has covered, and the samples of all estimates (at most curvature_samples,
+        # all the first estimate needs).
+        self._estimate_period = self.add_variable((), dtype="int64", initializer="zeros",
+                                                  aggregation="only_first_replica",
+                                                  name="estimate_period")
+        self._period_samples = self.add_scalar("period_samples")
+        self._estimated_samples = self.add_scalar("estimated_samples")
 
     def curvature_statistics(self, curvature, gradients, variables):
-        # Estimation steps: the first ceil(curvature_samples / b) of every period.
+        # Estimation steps: those of each period (of reestimate_every steps) until its batches
+        # hold curvature_samples examples.
         step = tf.cast(self.iterations, tf.int64)
-        batch = tf.cast(curvature.batch_size(), tf.int64)
-        window = (self.curvature_samples + batch - 1) // batch
-        position = step if self.reestimate_every is None else step % self.reestimate_every
-        estimating = position < window
+        period = (tf.zeros((), tf.int64) if self.reestimate_every is None
+                  else step // self.reestimate_every)
+        samples = tf.cast(curvature.batch_size(), tf.float32)
+        period_samples = tf.where(tf.equal(period, self._estimate_period),
+                                  self._period_samples, 0.0)
+        estimating = period_samples < self.curvature_samples
+        estimated = tf.convert_to_tensor(self._estimated_samples)
         dtype = variables[0].dtype
         method = self.diagonal_method(curvature.model)
 
@@ -107,25 +116,36 @@ class SDLM(DiagonalCurvatureOptimizer):
             return [tf.cast(d, dtype) for d in diagonal]
 
         batch_diagonal = curvature.sum_over_replicas_if(estimating, estimate)
-        patterns = tf.cast(batch, dtype)
+        patterns = tf.cast(samples, dtype)
         blend = 1.0 - tf.pow(1.0 - tf.cast(self.gamma, dtype), patterns)
-        # The first estimate is the mean of its batches: weight 1/(t+1) for its batch t.
-        first_mean = 1.0 / tf.cast(step + 1, dtype)
-        blend = tf.where(step < window, tf.maximum(blend, first_mean), blend)
+        # The first estimate is the mean over its examples: weight b / (n + b) for a batch of b
+        # after n examples.
+        first = estimated < self.curvature_samples
+        first_mean = patterns / (tf.cast(estimated, dtype) + patterns)
+        blend = tf.where(first, tf.maximum(blend, first_mean), blend)
         blend = tf.where(estimating, blend, tf.zeros_like(blend))
-        ready = step >= window - 1
-        return [(d, blend, ready, estimating) for d in batch_diagonal]
+        ready = estimated + samples >= self.curvature_samples
+        counts = (period, period_samples + samples,
+                  tf.minimum(estimated + samples, float(self.curvature_samples)))
+        return [(d, blend, ready, estimating, counts) for d in batch_diagonal]
 
     def curvature_refresh_condition(self, statistics):
         return statistics[0][3]  # Estimating.
 
     def refreshed_preconditioner(self, variable, statistic):
         # h <- (1 - blend) h + blend h(batch);  P = 1/(h + mu) once ready, else 0.
-        batch_diagonal, blend, ready, _ = statistic
+        batch_diagonal, blend, ready, _, _ = statistic
         h = self._curvatures[self._get_variable_index(variable)]
         updated = (1.0 - blend) * h + blend * batch_diagonal
         self.assign(h, updated)
         return tf.where(ready, self._inverse_damped(updated), tf.zeros_like(updated))
+
+    def after_curvature_refresh(self, distribution, statistics):
+        super().after_curvature_refresh(distribution, statistics)
+        for counter, value in zip((self._estimate_period, self._period_samples,
+                                   self._estimated_samples), statistics[0][4], strict=True):
+            distribution.extended.update(counter.value, lambda c, v: c.assign(v), args=(value,),
+                                         group=False)
 
     def _inverse_damped(self, h):
         """`1 / (h + mu)`; 0 where `h + mu` is 0 (mu = 0, no curvature: no Newton step)."""

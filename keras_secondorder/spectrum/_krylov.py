@@ -18,10 +18,26 @@ def check_operator(operator):
     return int(operator.shape[-1])
 
 
+class NonFiniteCurvatureError(ValueError):
+    """An operator product held NaN or infinity: the curvature is not defined there."""
+
+
 def apply(operator, vector):
-    """`A v` for a float64 vector `v`, computed in the operator's dtype, returned in float64."""
-    product = operator.matvec(tf.cast(vector, operator.dtype))
-    return tf.cast(product, tf.float64)
+    """`A v` for a float64 vector `v`, computed in the operator's dtype, returned in float64.
+
+    Raises:
+        NonFiniteCurvatureError: the product is not finite (NaN or inf in the data, targets
+            or weights, or a loss that overflows), so no eigenvalue estimate is meaningful.
+    """
+    product = tf.cast(operator.matvec(tf.cast(vector, operator.dtype)), tf.float64)
+    if not bool(tf.reduce_all(tf.math.is_finite(product))):
+        raise NonFiniteCurvatureError(
+            f"{operator.name} returned a non-finite product (NaN or inf): the loss or its "
+            "curvature is not finite at these weights on this data. Check the data for NaN or "
+            "inf (np.isfinite(x).all()), the targets and sample weights, and the weights "
+            "themselves (a diverged model)."
+        )
+    return product
 
 
 def random_unit_vector(dimension, seed, index=0):

@@ -265,7 +265,7 @@ def test_hessian_spectrum_logs_plots_and_histograms(float64, tmp_path):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(curvature="fisher"), "`curvature` must be one of"),
-    (dict(scale=0.0), "`scale` must be positive; received 0.0"),
+    (dict(scale=0.0), "`scale` must be a number > 0"),
     (dict(every_n_epochs=0), "`every_n_epochs` must be a positive integer; received 0"),
     (dict(every_n_steps=2.5), "`every_n_steps` must be a positive integer; received 2.5"),
     (dict(max_increase=0.5), r"`max_increase` must be a number >= 1 .*; received 0.5"),
