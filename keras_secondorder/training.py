@@ -47,9 +47,10 @@ class Model(keras.Model):
             if kwargs.get("jit_compile") is True:
                 name = type(bound_optimizer(self.optimizer)).__name__
                 raise ValueError(
-                    f"jit_compile=True cannot compile {name}'s curvature products through model {self.name!r}'s recurrent "
-                    "layers (XLA does not differentiate their while loop twice). Compile with "
-                    "jit_compile=False, or leave it 'auto' and it is chosen for you."
+                    f"jit_compile=True cannot compile {name}'s curvature products through model "
+                    f"{self.name!r}'s recurrent layers (XLA does not differentiate their while "
+                    "loop twice). Compile with jit_compile=False, or leave it 'auto' and it is "
+                    "chosen for you."
                 )
             self.jit_compile = False
 
