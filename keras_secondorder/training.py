@@ -6,7 +6,6 @@ from keras.src.models.model import functional_init_arguments
 from keras.src.saving import object_registration
 from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_secondorder._keras_compat import has_recurrent_layer
 from keras_secondorder.curvature.batch import BatchCurvature
 from keras_secondorder.optimizers.curvature_optimizer import bound_optimizer
 
@@ -37,22 +36,6 @@ class Model(keras.Model):
         if functional_init_arguments(args, kwargs) and not issubclass(cls, Functional):
             cls = _functional_class(cls)
         return super().__new__(cls)
-
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        if (self.jit_compile and bound_optimizer(self.optimizer) is not None
-                and has_recurrent_layer(self)):
-            # XLA has no second derivatives through the while loop of Keras's recurrent layers
-            # (tf2xla fails on the curvature products); plain gradients compile.
-            if kwargs.get("jit_compile") is True:
-                name = type(bound_optimizer(self.optimizer)).__name__
-                raise ValueError(
-                    f"jit_compile=True cannot compile {name}'s curvature products through model "
-                    f"{self.name!r}'s recurrent layers (XLA does not differentiate their while "
-                    "loop twice). Compile with jit_compile=False, or leave it 'auto' and it is "
-                    "chosen for you."
-                )
-            self.jit_compile = False
 
     def train_step(self, data):
         optimizer = bound_optimizer(self.optimizer)

@@ -276,17 +276,3 @@ def test_diagonal_is_traced_once_for_repeated_calls(float64):
     assert compiled.experimental_get_tracing_count() == traces
     np.testing.assert_array_equal(curvature.flatten(second), curvature.flatten(first))
 
-
-# 7. XLA and recurrent layers: an error naming the fix, or graph mode when XLA was not asked for.
-def test_curvature_optimizer_on_a_recurrent_model_under_xla():
-    case = zoo.make("embedding_lstm")
-    with pytest.raises(ValueError, match="jit_compile=True cannot compile SDLM.*jit_compile=False"):
-        case.model.compile(optimizer=SDLM(diagonal="ggn"), loss=case.loss, jit_compile=True)
-    case.model.compile(optimizer=SDLM(diagonal="ggn", curvature_samples=zoo.BATCH),
-                       loss=case.loss)
-    assert case.model.jit_compile is False
-    history = case.model.fit(case.x, case.y, epochs=2, verbose=0)
-    assert history.history["loss"][1] < history.history["loss"][0]
-    plain = zoo.make("embedding_lstm")  # Plain SGD compiles with XLA: left as asked.
-    plain.model.compile(optimizer="sgd", loss=plain.loss, jit_compile=True)
-    assert plain.model.jit_compile is True
