@@ -10,7 +10,7 @@ import keras
 
 def all_layers(model):
     """Every layer inside `model`, nested ones included (the model itself excluded)."""
-    return [layer for layer in model._flatten_layers(include_self=False)]
+    return list(model._flatten_layers(include_self=False))
 
 
 def has_recurrent_layer(model):

@@ -67,7 +67,7 @@ def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=F
     integer(seed, "seed")
     objective, compiled = _compiled_diagonal(model, loss, variables, training)
     batches = as_batches(data)
-    if method not in ("hutchinson",):
+    if method != "hutchinson":  # Every other method splits the objective at the outputs.
         objective.check_split(batches[0])
     total = [tf.zeros_like(p) for p in objective.params()]
     for index, (weight, batch) in enumerate(zip(batch_weights(batches, objective.dtype), batches,
