@@ -1,11 +1,14 @@
 """`keras_secondorder.Model`: a `keras.Model` whose train step gives the optimizer curvature."""
 
+import warnings
+
 import keras
 from keras.src.models.functional import Functional
 from keras.src.models.model import functional_init_arguments
 from keras.src.saving import object_registration
 from keras.src.trainers.data_adapters import data_adapter_utils
 
+from keras_secondorder._keras_compat import has_recurrent_layer
 from keras_secondorder.curvature.batch import BatchCurvature
 from keras_secondorder.optimizers.curvature_optimizer import bound_optimizer
 
@@ -27,6 +30,12 @@ class Model(keras.Model):
     CSVLogger and TensorBoard record them. With any other optimizer the step is exactly
     `keras.Model`'s. Everything else is `keras.Model`'s: metrics, `validation_data`, callbacks,
     `steps_per_execution`, `jit_compile`, `.keras` saving, `export`, `tf.distribute`.
+
+    One exception, made the way Keras treats layers that XLA cannot compile: XLA does not compile
+    the second derivatives of Keras's recurrent layers (the `tf.while_loop` over time steps), so
+    a curvature optimizer on a model with an `RNN` layer (LSTM, GRU, ...) trains with
+    `jit_compile=False`, with a warning, whether `jit_compile` was `True` or `"auto"` (which is
+    `True` on a GPU).
     """
 
     def __new__(cls, *args, **kwargs):
@@ -36,6 +45,24 @@ class Model(keras.Model):
         if functional_init_arguments(args, kwargs) and not issubclass(cls, Functional):
             cls = _functional_class(cls)
         return super().__new__(cls)
+
+    @property
+    def jit_compile(self):
+        return keras.Model.jit_compile.fget(self)
+
+    @jit_compile.setter
+    def jit_compile(self, value):
+        # `compile` sets the optimizer before `jit_compile`, so the optimizer is known here.
+        optimizer = bound_optimizer(getattr(self, "optimizer", None))
+        if value and optimizer is not None and has_recurrent_layer(self):
+            warnings.warn(
+                f"XLA cannot compile the second derivatives of the recurrent layers of model "
+                f"{self.name!r}, which {type(optimizer).__name__} needs: proceeding with "
+                "`jit_compile=False`. Pass `jit_compile=False` to `compile` to silence this.",
+                stacklevel=2,
+            )
+            value = False
+        keras.Model.jit_compile.fset(self, value)
 
     def train_step(self, data):
         optimizer = bound_optimizer(self.optimizer)

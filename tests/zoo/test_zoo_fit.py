@@ -1,6 +1,7 @@
 """The model zoo in model.fit: curvature callbacks, curvature optimizers, saving and export."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -12,9 +13,6 @@ from keras_secondorder.curvature import dense
 from keras_secondorder.optimizers import SDLM, EquilibratedSGD, HessianFree
 from zoo import models as zoo
 
-# XLA cannot compile Keras's recurrent layers' while loop over time steps on this build.
-XLA = tuple(name for name in zoo.ZOO if name not in zoo.RECURRENT)
-
 
 def fit_data(case):
     return (case.x, case.y) if case.sample_weight is None else (case.x, case.y,
@@ -24,8 +22,6 @@ def fit_data(case):
 @pytest.mark.parametrize("jit_compile", [False, True])
 @pytest.mark.parametrize("name", zoo.ZOO)
 def test_curvature_callbacks_in_fit_log_the_dense_spectrum(float64, name, jit_compile):
-    if jit_compile and name not in XLA:
-        pytest.skip("XLA does not compile this model's training step (see README)")
     case = zoo.make(name, optimizer=keras.optimizers.SGD(1e-3))
     case.model.compile(optimizer=case.model.optimizer, loss=case.loss, jit_compile=jit_compile)
     data = fit_data(case)
@@ -87,3 +83,26 @@ def test_curvature_optimizers_train_save_resume_and_export(name, optimizer, tmp_
     expected = case.model.predict(case.x, verbose=0)
     for actual, wanted in zip(tf.nest.flatten(outputs), tf.nest.flatten(expected), strict=True):
         np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", zoo.RECURRENT)
+def test_curvature_optimizer_on_a_recurrent_model_falls_back_from_xla(name, tmp_path):
+    runs = []
+    for jit_compile in (True, False):
+        case = zoo.make(name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            case.model.compile(optimizer=OPTIMIZERS["sdlm"](), loss=case.loss,
+                               jit_compile=jit_compile)
+        xla_warnings = [w for w in caught if "jit_compile=False" in str(w.message)]
+        assert len(xla_warnings) == jit_compile and case.model.jit_compile is False
+        case.model.fit(case.x, case.y, epochs=2, batch_size=zoo.BATCH, verbose=0, shuffle=False)
+        runs.append(case.model)
+    for xla_asked, graph in zip(runs[0].get_weights(), runs[1].get_weights(), strict=True):
+        np.testing.assert_array_equal(xla_asked, graph)
+    # The saved compile settings ask for XLA again; the reloaded model falls back the same way.
+    path = os.path.join(tmp_path, "model.keras")
+    runs[0].save(path)
+    with pytest.warns(UserWarning, match="jit_compile=False"):
+        reloaded = keras.saving.load_model(path)
+    assert reloaded.jit_compile is False and type(reloaded.optimizer) is SDLM
