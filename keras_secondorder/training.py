@@ -36,6 +36,11 @@ class Model(keras.Model):
     a curvature optimizer on a model with an `RNN` layer (LSTM, GRU, ...) trains with
     `jit_compile=False`, with a warning, whether `jit_compile` was `True` or `"auto"` (which is
     `True` on a GPU).
+
+    On CPU, keep Keras's default `jit_compile="auto"` (no XLA there): XLA runs the work inside
+    `tf.cond` and `tf.while_loop`, where the curvature optimizers' estimation steps and
+    conjugate gradient run, many times slower than graph mode (22x for per-example gradients
+    on a small ResNet; `benchmarks/xla_modes.py`).
     """
 
     def __new__(cls, *args, **kwargs):
