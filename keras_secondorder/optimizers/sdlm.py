@@ -26,9 +26,11 @@ class SDLM(DiagonalCurvatureOptimizer):
     ```
 
     `gamma` is LeCun's per-pattern memory constant; a batch of `b` examples counts as `b`
-    patterns, `gamma_b = 1 - (1 - gamma)^b`, and the first estimate is the plain mean over its
-    batches. As for LeNet-5 (LeCun et al. 1998), `h` is estimated on `curvature_samples`
-    examples (the consecutive batches that hold them) before the first weight update, then
+    patterns, `gamma_b = 1 - (1 - gamma)^b`. The first estimate is the plain mean over its
+    examples, whatever `gamma` (a batch of `b` after `n` examples has weight `b / (n + b)`), so
+    all `curvature_samples` examples count equally; `gamma` shapes the re-estimates. As for
+    LeNet-5 (LeCun et al. 1998), `h` is estimated on `curvature_samples` examples (the
+    consecutive batches that hold them) before the first weight update, then
     re-estimated on as many examples every `reestimate_every` steps; in between, steps cost what
     an SGD step costs. `mu` keeps the rate bounded where the curvature is tiny and plays the role
     of Levenberg-Marquardt damping: the step interpolates between Newton's (`h >> mu`) and
@@ -118,11 +120,11 @@ class SDLM(DiagonalCurvatureOptimizer):
         batch_diagonal = curvature.sum_over_replicas_if(estimating, estimate)
         patterns = tf.cast(samples, dtype)
         blend = 1.0 - tf.pow(1.0 - tf.cast(self.gamma, dtype), patterns)
-        # The first estimate is the mean over its examples: weight b / (n + b) for a batch of b
-        # after n examples.
+        # The first estimate is the plain mean over its examples, whatever gamma: weight
+        # b / (n + b) for a batch of b after n examples.
         first = estimated < self.curvature_samples
         first_mean = patterns / (tf.cast(estimated, dtype) + patterns)
-        blend = tf.where(first, tf.maximum(blend, first_mean), blend)
+        blend = tf.where(first, first_mean, blend)
         blend = tf.where(estimating, blend, tf.zeros_like(blend))
         ready = estimated + samples >= self.curvature_samples
         counts = (period, period_samples + samples,

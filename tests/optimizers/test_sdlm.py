@@ -79,6 +79,20 @@ def test_first_estimate_covers_curvature_samples_before_any_update(float64):
                                rtol=1e-12)
 
 
+def test_first_estimate_is_the_plain_mean_of_many_batches_whatever_gamma(float64):
+    # Eight batches of 4 with different scales and gamma = 0.5 (gamma_b = 0.94 per batch): a
+    # running average would hold mostly the last batch; the first estimate weighs all equally.
+    model = linear_model((0.5, 0.5, 0.5))
+    optimizer = SDLM(learning_rate=0.0, gamma=0.5, curvature_samples=32, diagonal="ggn")
+    model.compile(optimizer, loss="mse")
+    scales = np.arange(1.0, 9.0)
+    for scale in scales:
+        model.train_on_batch(scale * X, Y)
+    diagonals = [2.0 / len(X) * ((scale * X) ** 2).sum(axis=0) for scale in scales]
+    np.testing.assert_allclose(np.array(optimizer._curvatures[0])[:, 0],
+                               np.mean(diagonals, axis=0), rtol=1e-12)
+
+
 def test_reestimation_only_in_its_window(float64):
     # reestimate_every=3 and one-batch windows: steps 0 and 3 estimate, steps 1, 2 do not.
     model = linear_model((0.5, 0.5, 0.5))
