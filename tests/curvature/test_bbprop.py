@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import LOSSES as CASES
+from conftest import make_case, make_targets, relative_error
 
 from keras_secondorder.curvature import bbprop, diagonal
 from keras_secondorder.models import lenet5
-from tests.conftest import LOSSES as CASES
-from tests.conftest import make_case, make_targets, relative_error
 
 LOSSES = tuple(CASES)
 

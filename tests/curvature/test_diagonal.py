@@ -62,8 +62,11 @@ def test_dense_chain_empirical_fisher_in_one_backward_pass_equals_dense(float64,
 
 @pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "multi_input", "subclassed"])
 def test_per_example_passes_where_weights_are_not_in_rank_2_dense_chains(float64, kind):
-    # Covered by test_exact_diagonals_equal_dense through the per-example backward passes.
-    assert not gradient_squares.supports(make_case(kind, "ce")[0])
+    model, x, y, sample_weight = make_case(kind, "ce")
+    assert not gradient_squares.supports(model)
+    estimate = curvature.diagonal(model, (x, y, sample_weight), "empirical_fisher")
+    expected = dense_diagonal(dense.empirical_fisher, model, x, y, sample_weight)
+    assert relative_error(curvature.flatten(estimate), expected) <= 1e-10
 
 
 def test_diagonal_averages_batches(float64):

@@ -25,7 +25,7 @@ def test_product_equals_dense_matrix_times_vector(float64, kind, loss_name, prod
     actual = curvature.flatten(vector_product(model, x, y, vector, sample_weight))
     matrix = reference(model, x, y, sample_weight)
     expected = tf.linalg.matvec(matrix, curvature.flatten(vector))
-    assert relative_error(actual, expected) <= 1e-6
+    assert relative_error(actual, expected) <= 1e-10
     assert relative_error(tf.transpose(matrix), matrix) <= 1e-12  # Symmetric.
 
 
@@ -39,7 +39,7 @@ def test_batchnorm_dropout_in_both_modes(float64, product, training):
                                               training=training))
     expected = tf.linalg.matvec(reference(model, x, y, sample_weight, training=training),
                                 curvature.flatten(vector))
-    assert relative_error(actual, expected) <= 1e-6
+    assert relative_error(actual, expected) <= 1e-10
 
 
 def test_training_mode_changes_the_curvature(float64):
@@ -72,12 +72,12 @@ def test_operator_to_dense_and_list_matvec(float64, product):
     operator = operator_class(model, (x, y, sample_weight))
     matrix = reference(model, x, y, sample_weight)
     assert operator.shape == matrix.shape
-    assert relative_error(operator.to_dense(), matrix) <= 1e-6
+    assert relative_error(operator.to_dense(), matrix) <= 1e-10
     vector = random_like(model)
     as_list = operator.matvec(vector)
     assert [tuple(p.shape) for p in as_list] == [tuple(v.shape) for v in model.trainable_variables]
     assert relative_error(curvature.flatten(as_list),
-                          tf.linalg.matvec(matrix, curvature.flatten(vector))) <= 1e-6
+                          tf.linalg.matvec(matrix, curvature.flatten(vector))) <= 1e-10
 
 
 def test_operator_averages_batches_by_size(float64):
@@ -113,7 +113,7 @@ def test_block_of_variables_is_the_dense_diagonal_block(float64):
     start = sum(v.numpy().size for v in model.layers[0].trainable_variables)
     block = curvature.HessianOperator(model, (x, y, sample_weight),
                                       variables=block_variables).to_dense()
-    assert relative_error(block, full[start:, start:]) <= 1e-6
+    assert relative_error(block, full[start:, start:]) <= 1e-10
 
 
 def test_operator_follows_the_weights(float64):
