@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import pathlib
-import sys
 import time
 
 import keras
@@ -34,10 +33,8 @@ import keras_secondorder
 from keras_secondorder import models, svm
 from keras_secondorder.callbacks import HessianSpectrum, PowerMethodLR
 from keras_secondorder.datasets import lenet_preprocess, mnist, mnist_dataset
+from keras_secondorder.export import savedmodel
 from keras_secondorder.optimizers import SDLM
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from export import savedmodel  # noqa: E402
 
 
 def fit_svm(model, images, labels, grid):

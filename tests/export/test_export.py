@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import savedmodel
 from keras_secondorder import models, svm
 from keras_secondorder.datasets import DATA_ENV_VAR
+from keras_secondorder.export import savedmodel
 
 
 def images(count, seed=0):

@@ -6,7 +6,7 @@ unimportable first, so a SavedModel that needed any of its code (custom layers, 
 here. (TensorFlow 2.21 itself imports parts of the `keras` package on import; the SavedModel's
 functions are plain TensorFlow graphs and need none of it.)
 
-Run: python export/verify_savedmodel.py SAVEDMODEL_DIR INPUTS.npy OUTPUTS.npz
+Run: python keras_secondorder/export/verify_savedmodel.py SAVEDMODEL_DIR INPUTS.npy OUTPUTS.npz
 """
 
 import sys

@@ -1,1 +1,0 @@
-"""The SavedModel export command and its TensorFlow-only verification."""
