@@ -3,12 +3,14 @@
 import warnings
 
 import keras
-from keras.src.models.functional import Functional
-from keras.src.models.model import functional_init_arguments
-from keras.src.saving import object_registration
-from keras.src.trainers.data_adapters import data_adapter_utils
 
-from keras_secondorder._keras_compat import has_recurrent_layer
+from keras_secondorder._keras_compat import (
+    Functional,
+    functional_init_arguments,
+    functional_structure,
+    has_recurrent_layer,
+    register_under_same_name,
+)
 from keras_secondorder.curvature.batch import BatchCurvature
 from keras_secondorder.optimizers.curvature_optimizer import bound_optimizer
 
@@ -73,7 +75,7 @@ class Model(keras.Model):
         optimizer = bound_optimizer(self.optimizer)
         if optimizer is None:
             return super().train_step(data)
-        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         curvature = BatchCurvature(self, (x, y, sample_weight), self.trainable_variables)
         with optimizer.bind(curvature):
             logs = super().train_step(data)
@@ -85,9 +87,7 @@ def _functional_class(cls):
         functional = type(cls.__name__, (cls, Functional),
                           {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
         # Saved under the name of the class the user wrote, which reloads through __new__.
-        name = object_registration.GLOBAL_CUSTOM_NAMES.get(cls)
-        if name is not None:
-            object_registration.GLOBAL_CUSTOM_NAMES[functional] = name
+        register_under_same_name(functional, cls)
         _FUNCTIONAL_CLASSES[cls] = functional
     return _FUNCTIONAL_CLASSES[cls]
 
@@ -117,4 +117,4 @@ def wrap(model):
     if isinstance(model, keras.Sequential):  # One input, one output: keep them unlisted.
         return Model(model.inputs[0], model.outputs[0], name=model.name)
     # The functional model's own structure (a tensor, list or dict), so signatures match.
-    return Model(model._inputs_struct, model._outputs_struct, name=model.name)
+    return Model(*functional_structure(model), name=model.name)

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder import spectrum
-from keras_secondorder._keras_compat import unwrap_optimizer
+from keras_secondorder._keras_compat import learning_rate_setting, unwrap_optimizer
 from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.callbacks._measure import (
     OperatorCache,
@@ -252,7 +252,7 @@ class PowerMethodLR(keras.callbacks.Callback):
         if self.max_increase is not None and self.rate is not None:
             learning_rate = min(learning_rate, self.max_increase * self.rate)
         self.rate = learning_rate
-        schedule = self.optimizer._learning_rate
+        schedule = learning_rate_setting(self.optimizer)
         if isinstance(schedule, ScaledSchedule):
             schedule.factor.assign(learning_rate / float(schedule.schedule(0)))
         else:

@@ -28,18 +28,20 @@ elementwise activations (softmax only as the last activation, where the objectiv
 logits). `unsupported_reason(model)` tells why a model is not covered.
 """
 
-import contextlib
 import math
 from typing import NamedTuple
 
 import keras
 import tensorflow as tf
-from keras.src.layers.convolutional.base_conv import BaseConv
-from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
-from keras.src.layers.pooling.base_global_pooling import BaseGlobalPooling
-from keras.src.layers.pooling.base_pooling import BasePooling
-from keras.src.models.functional import Functional
 
+from keras_secondorder._keras_compat import (
+    BaseConv,
+    BaseConvTranspose,
+    BaseGlobalPooling,
+    BasePooling,
+    Functional,
+    call_has_training_arg,
+)
 from keras_secondorder.curvature.output_losses import rows
 from keras_secondorder.curvature.output_space import penalty_diagonal
 from keras_secondorder.models.lenet import TrainableSubsampling
@@ -150,14 +152,13 @@ class PreActivation:
     """`(weights, x) -> (A(x; weights), losses)`: the layer without its activation."""
 
     def __init__(self, layer, training):
-        self.layer = layer
+        self.layer = _without_activation(layer)
         self.state = [v.value for v in layer.non_trainable_variables]
-        self.kwargs = {"training": training} if layer._call_has_training_arg else {}
+        self.kwargs = {"training": training} if call_has_training_arg(layer) else {}
 
     def __call__(self, weights, x):
-        with _linear_activation(self.layer):
-            y, _, losses = self.layer.stateless_call(weights, self.state, x, return_losses=True,
-                                                     **self.kwargs)
+        y, _, losses = self.layer.stateless_call(weights, self.state, x, return_losses=True,
+                                                 **self.kwargs)
         return y, losses
 
     def weight_curvature(self, weights, x, h):
@@ -171,17 +172,19 @@ class PreActivation:
         return _vjp(lambda inputs: self(squared_weights, inputs[0])[0], [x], h)[0]
 
 
-@contextlib.contextmanager
-def _linear_activation(layer):
+def _without_activation(layer):
+    """`layer`, or for an affine one a shallow copy (same variables) with a linear activation.
+
+    A copy, not a temporary change of `layer.activation`: another thread tracing the model at
+    the same time (a `MirroredStrategy` replica) must see the layer as it is.
+    """
     if not isinstance(layer, AFFINE):
-        yield
-        return
-    activation = layer.activation
-    layer.activation = keras.activations.linear
-    try:
-        yield
-    finally:
-        layer.activation = activation
+        return layer
+    # The attributes copied by hand: copy.copy would pickle the layer (Keras's __reduce__
+    # saves its weights, which a trace cannot).
+    linear = object.__new__(type(layer))
+    linear.__dict__.update(layer.__dict__, activation=keras.activations.linear)
+    return linear
 
 
 def _vjp(function, primals, cotangent):

@@ -1,16 +1,22 @@
 """The objective `model.fit` minimizes on a batch, as a pure function of the trainable weights."""
 
 import collections
-import contextlib
 
 import keras
 import tensorflow as tf
-from keras.src.backend.tensorflow import nn as backend_nn
 
-# Keras's own resolution of a `loss` argument (strings, functions, Loss objects, loss weights),
-# the object `model.compile(loss=...)` builds, so that an explicit `loss=` means the same here.
-from keras.src.trainers.compile_utils import CompileLoss
-
+# CompileLoss: Keras's own resolution of a `loss` argument (strings, functions, Loss objects,
+# loss weights), the object `model.compile(loss=...)` builds, so that an explicit `loss=` means
+# the same here.
+from keras_secondorder._keras_compat import (
+    CompileLoss,
+    aggregate_additional_loss,
+    call_has_training_arg,
+    compile_loss,
+    layers_in_variable_dtype,
+    losses_override,
+    twice_differentiable_moments,
+)
 from keras_secondorder.curvature import output_losses, vectors
 
 Batch = collections.namedtuple("Batch", ["x", "y", "sample_weight"], defaults=[None])
@@ -103,7 +109,7 @@ class Objective:
         self.model = model
         self.training = bool(training)
         self._explicit_loss = None if loss is None else CompileLoss(loss)
-        if loss is None and getattr(model, "_compile_loss", None) is None and not overrides(
+        if loss is None and compile_loss(model) is None and not overrides(
             model, "compute_loss"
         ):
             raise ValueError(
@@ -145,8 +151,12 @@ class Objective:
 
     def forward(self, params, x):
         """`(y_pred, losses)`: the model's outputs and `model.losses` at weights `params`."""
-        kwargs = {"training": self.training} if self.model._call_has_training_arg else {}
-        with exact_second_derivatives(), computed_in_variable_dtype(self.model):
+        kwargs = {"training": self.training} if call_has_training_arg(self.model) else {}
+        # Exact second derivatives through BatchNorm's batch statistics (see
+        # `twice_differentiable_moments`, which the finite-difference test found); curvature of
+        # mixed-precision layers in float32, where squared first derivatives and products of
+        # second derivatives do not underflow or overflow as in float16.
+        with twice_differentiable_moments(), layers_in_variable_dtype(self.model):
             y_pred, _, losses = self.model.stateless_call(
                 self._trainable_values(params), self._non_trainable_values(), x,
                 return_losses=True, **kwargs
@@ -157,7 +167,7 @@ class Objective:
         """`sum(model.losses)` aggregated as Keras does, or `None` when there are none."""
         if not losses:
             return None
-        return tf.add_n([self.model._aggregate_additional_loss(loss) for loss in losses])
+        return tf.add_n([aggregate_additional_loss(self.model, loss) for loss in losses])
 
     def value(self, params, batch):
         """The objective at weights `params` on `batch` (a scalar tensor)."""
@@ -172,9 +182,8 @@ class Objective:
             return value if regularization is None else value + regularization
         model = self.model
         # As Keras's own stateless (JAX) train step: the forward pass's losses are handed to
-        # compute_loss through `_losses_override`, so activity regularizers are counted too.
-        model._losses_override = list(losses)
-        try:
+        # compute_loss as model.losses, so activity regularizers are counted too.
+        with losses_override(model, losses):
             value, _ = model.stateless_compute_loss(
                 self._trainable_values(params),
                 self._non_trainable_values(),
@@ -185,8 +194,6 @@ class Objective:
                 sample_weight=batch.sample_weight,
                 training=self.training,
             )
-        finally:
-            model._losses_override = []
         return value
 
     def gradient(self, params, batch):
@@ -208,8 +215,8 @@ class Objective:
                 "split into network and loss for the Gauss-Newton or Fisher matrix. Pass the loss "
                 "explicitly (loss=...), or use the Hessian, which works for any objective."
             )
-        compile_loss = self._explicit_loss or self.model._compile_loss
-        return output_losses.resolve(compile_loss, batch.y, y_pred)
+        return output_losses.resolve(self._explicit_loss or compile_loss(self.model), batch.y,
+                                     y_pred)
 
     def check_split(self, batch):
         """Raises the `output_loss` error now, eagerly, if `batch`'s objective has no split.
@@ -230,57 +237,6 @@ class Objective:
 
     def _non_trainable_values(self):
         return [variable.value for variable in self.model.non_trainable_variables]
-
-
-def _moments(x, axes, keepdims=False):
-    # As tf.nn.moments, without its stop_gradient on the mean inside the variance.
-    mean = tf.reduce_mean(x, axes, keepdims=True)
-    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axes, keepdims=True)
-    if not keepdims:
-        mean, variance = tf.squeeze(mean, axes), tf.squeeze(variance, axes)
-    return mean, variance
-
-
-@contextlib.contextmanager
-def exact_second_derivatives():
-    """Makes BatchNorm's batch statistics twice differentiable while the context is open.
-
-    Keras's BatchNormalization (training mode) computes its moments with `tf.nn.moments`, which
-    takes the variance around `stop_gradient(mean)`. That changes no value and no first derivative
-    (the variance's derivative with respect to the mean is zero) but drops a term of every second
-    derivative, so without this context Hessian products through BatchNorm in training mode are
-    wrong (the finite-difference test catches it).
-    """
-    original = backend_nn._compute_moments
-    backend_nn._compute_moments = _moments
-    try:
-        yield
-    finally:
-        backend_nn._compute_moments = original
-
-
-@contextlib.contextmanager
-def computed_in_variable_dtype(model):
-    """Runs mixed-precision layers in their variables' dtype (float32) while the context is open.
-
-    Under a `mixed_float16` policy, layers compute in float16, where squared first derivatives
-    and products of second derivatives underflow or overflow. Curvature is taken in float32: for
-    the duration of the context (a trace), each layer whose compute dtype differs from its
-    variable dtype gets the plain variable-dtype policy, so the forward pass runs in float32 on
-    the same float32 weights. Nothing changes for models that do not use mixed precision.
-    """
-    lifted = []
-    for layer in model._flatten_layers(include_self=True):
-        policy = layer._dtype_policy
-        if (type(policy) is keras.DTypePolicy  # Not a per-path map, not a quantized policy.
-                and policy.compute_dtype != policy.variable_dtype):
-            lifted.append((layer, layer._dtype_policy))
-            layer._dtype_policy = keras.DTypePolicy(policy.variable_dtype)
-    try:
-        yield
-    finally:
-        for layer, policy in lifted:
-            layer._dtype_policy = policy
 
 
 def overrides(model, method):

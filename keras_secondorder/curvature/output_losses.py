@@ -16,10 +16,11 @@ Mean squared error splits at the model's outputs, whatever their activation.
 import keras
 import tensorflow as tf
 
-# Keras's reduction of per-example losses (sample weights, masks, reduction modes).
-from keras.src.losses.loss import reduce_weighted_values
-
 from keras_secondorder import _random as random
+
+# reduce_weighted_values: Keras's reduction of per-example losses (sample weights, masks,
+# reduction modes).
+from keras_secondorder._keras_compat import keras_logits, reduce_weighted_values
 
 
 class OutputLoss:
@@ -50,7 +51,7 @@ class OutputLoss:
             )
         if self.activation is None or self.from_logits:
             return y_pred
-        logits = getattr(y_pred, "_keras_logits", None)
+        logits = keras_logits(y_pred)
         if logits is None:
             raise ValueError(
                 f"loss {self.name!r} with from_logits=False needs the model's output to come "

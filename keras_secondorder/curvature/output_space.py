@@ -9,9 +9,8 @@ regularization terms, whose exact Hessian is added (for an L2 weight cost `0.5 Î
 
 import keras
 import tensorflow as tf
-from keras.src.losses.loss import scale_loss_for_distribution
 
-from keras_secondorder._keras_compat import has_recurrent_layer
+from keras_secondorder._keras_compat import has_recurrent_layer, scale_loss_for_distribution
 from keras_secondorder.curvature.vectors import dense_gradient
 
 _ZERO = tf.UnconnectedGradients.ZERO

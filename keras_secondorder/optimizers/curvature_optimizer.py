@@ -5,9 +5,14 @@ import threading
 
 import keras
 import tensorflow as tf
-from keras.src import backend
 
-from keras_secondorder._keras_compat import unwrap_optimizer
+from keras_secondorder._keras_compat import (
+    all_reduce_sum_gradients,
+    backend_variables,
+    distribution_strategy,
+    merge_call,
+    unwrap_optimizer,
+)
 from keras_secondorder._validation import learning_rate as validated_learning_rate
 from keras_secondorder.curvature.vectors import densify
 
@@ -122,20 +127,15 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
             raise ValueError(_MISSING_CURVATURE.format(name=type(self).__name__))
         return curvature
 
-    @staticmethod
-    def _variable_values(trainable_variables):
-        """The backend (tf) variables under Keras variables, which tf.distribute updates."""
-        return [v.value if isinstance(v, backend.Variable) else v for v in trainable_variables]
-
     def summed_dense_gradients(self, grads, trainable_variables):
         """`(gradients, variables)`: dense gradients summed over replicas, backend variables.
 
         An Embedding's gradient arrives as `tf.IndexedSlices`; a curvature step updates every
         entry of its variable anyway (the preconditioner is dense), so it is made dense here.
         """
-        variables = self._variable_values(trainable_variables)
+        variables = backend_variables(trainable_variables)
         dense = [densify(g, v) for g, v in zip(grads, variables, strict=True)]
-        pairs = self._all_reduce_sum_gradients(list(zip(dense, variables, strict=True)))
+        pairs = all_reduce_sum_gradients(self, list(zip(dense, variables, strict=True)))
         return [g for g, _ in pairs], variables
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
@@ -144,9 +144,8 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
         statistics = self.curvature_statistics(curvature, grads, trainable_variables)
         values = grads + [t for t in tf.nest.flatten(statistics) if t.dtype.is_floating]
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in values])
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_curvature_update, self._distribution_strategy, grads, statistics,
-            variables, finite, learning_rate)
+        merge_call(self._distributed_curvature_update, distribution_strategy(self), grads,
+                   statistics, variables, finite, learning_rate)
 
     def _distributed_curvature_update(self, distribution, grads, statistics, variables, finite,
                                       learning_rate):

@@ -8,6 +8,8 @@ from keras import ops
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from keras_secondorder._keras_compat import svc_dual_coefficients
+
 
 @keras.saving.register_keras_serializable(package="keras_secondorder")
 class SVCLayer(keras.layers.Layer):
@@ -92,7 +94,7 @@ class SVCLayer(keras.layers.Layer):
         # libsvm's own coefficients and intercepts (sklearn flips the public ones' signs in
         # the binary case): row j-1 of dual_coef holds class i's vectors' coefficients in
         # pair (i, j), row i holds class j's.
-        dual, intercepts = svc._dual_coef_, svc._intercept_
+        dual, intercepts, gamma = svc_dual_coefficients(svc)
         starts = np.concatenate([[0], np.cumsum(svc.n_support_)])
         num_classes = len(svc.classes_)
         pairs = list(itertools.combinations(range(num_classes), 2))
@@ -100,7 +102,7 @@ class SVCLayer(keras.layers.Layer):
         for p, (i, j) in enumerate(pairs):
             coefficients[starts[i]:starts[i + 1], p] = dual[j - 1, starts[i]:starts[i + 1]]
             coefficients[starts[j]:starts[j + 1], p] = dual[i, starts[j]:starts[j + 1]]
-        layer = cls(*svc.support_vectors_.shape, num_classes, svc._gamma, **kwargs)
+        layer = cls(*svc.support_vectors_.shape, num_classes, gamma, **kwargs)
         layer.support_vectors.assign(svc.support_vectors_)
         layer.pair_coefficients.assign(coefficients)
         layer.intercepts.assign(intercepts)
