@@ -7,12 +7,26 @@ import platform
 import statistics
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_secondorder.datasets import mnist
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of every epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
 
 
 def interleaved_times(functions, runs, warmup):

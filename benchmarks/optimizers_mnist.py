@@ -28,12 +28,11 @@ Usage: python benchmarks/optimizers_mnist.py [--train N] [--test N] [--epochs E]
 import argparse
 import functools
 import statistics
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
-from _common import environment, interleaved_times, write
+from _common import EpochTimer, environment, interleaved_times, write
 
 import keras_secondorder as ks
 from keras_secondorder.callbacks import PowerMethodLR
@@ -53,19 +52,6 @@ ONLINE_SDLM_SETTINGS = ((0.0001, 0.02), (0.0002, 0.02), (0.0005, 0.05), (0.001, 
 SQUARED_ERROR_SGD_RATES = (0.003, 0.01, 0.03, 0.05, 0.1, 0.3)
 SQUARED_ERROR_SDLM_SETTINGS = ((0.001, 0.02), (0.003, 0.02), (0.003, 0.005), (0.005, 0.05),
                                (0.01, 0.1))
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of every epoch."""
-
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def train(build, optimizer, train_data, epochs, test_data=None, loss=None, batch_size=BATCH,

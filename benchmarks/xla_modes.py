@@ -13,11 +13,10 @@ Run alone on the machine: python benchmarks/xla_modes.py [--images 2048] [--epoc
 """
 
 import argparse
-import time
 
 import keras
 import tensorflow as tf
-from _common import environment, interleaved_medians, mnist_batch, write
+from _common import EpochTimer, environment, interleaved_medians, mnist_batch, write
 
 import keras_secondorder as ks
 from keras_secondorder import curvature
@@ -40,24 +39,11 @@ def resnet():
     return ks.Model(inputs, keras.layers.Dense(10, activation="softmax")(pooled))
 
 
-class EpochTimes(keras.callbacks.Callback):
-    """Wall seconds of each epoch."""
-
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
-
-
 def run(make_optimizer, jit_compile, x, y, epochs):
     keras.utils.set_random_seed(0)
     model = resnet()
     model.compile(make_optimizer(), "sparse_categorical_crossentropy", jit_compile=jit_compile)
-    timer = EpochTimes()
+    timer = EpochTimer()
     history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, shuffle=False,
                         callbacks=[timer])
     return {"epoch_seconds": timer.times, "loss": history.history["loss"]}
