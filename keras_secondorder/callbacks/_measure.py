@@ -8,9 +8,6 @@ from keras_secondorder import curvature
 from keras_secondorder._validation import positive_int
 from keras_secondorder.curvature.operator import matmul_by_columns
 
-OPERATORS = {"hessian": curvature.HessianOperator, "ggn": curvature.GGNOperator,
-             "fisher": curvature.FisherOperator}
-
 
 def measurement_batches(data, num_samples, batch_size):
     """At most `num_samples` examples of `data`, as a list of `(x, y[, sample_weight])` batches.
@@ -98,8 +95,8 @@ class OperatorCache:
     def get(self, model, variables=None):
         key = (id(model), None if variables is None else tuple(id(v) for v in variables))
         if key not in self._operators:
-            self._operators[key] = OPERATORS[self.curvature](model, self.batches,
-                                                             variables=variables)
+            operator = curvature.kinds.get(self.curvature).operator
+            self._operators[key] = operator(model, self.batches, variables=variables)
         return self._operators[key]
 
 

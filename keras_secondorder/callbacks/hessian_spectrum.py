@@ -10,13 +10,13 @@ import tensorflow as tf
 from keras_secondorder import spectrum
 from keras_secondorder._validation import integer, one_of, positive_int
 from keras_secondorder.callbacks._measure import (
-    OPERATORS,
     OperatorCache,
     ProgressOperator,
     check_inputs_batched,
     measurement_batches,
     progress_bar,
 )
+from keras_secondorder.curvature import kinds
 from keras_secondorder.spectrum._krylov import NonFiniteCurvatureError
 
 
@@ -72,7 +72,7 @@ class HessianSpectrum(keras.callbacks.Callback):
                  tensorboard_log_dir=None,
                  verbose=1, seed=0):
         super().__init__()
-        self.curvature = one_of(curvature, "curvature", OPERATORS)
+        self.curvature = kinds.get(curvature).name
         self.every_n_epochs = positive_int(every_n_epochs, "every_n_epochs")
         self.k = positive_int(k, "k")
         self.trace_probes = positive_int(trace_probes, "trace_probes")

@@ -16,7 +16,7 @@ from keras_secondorder.callbacks._measure import (
     measurement_batches,
     progress_bar,
 )
-from keras_secondorder.curvature import flatten
+from keras_secondorder.curvature import flatten, kinds
 from keras_secondorder.spectrum._krylov import NonFiniteCurvatureError, random_unit_vector
 
 
@@ -147,7 +147,7 @@ class PowerMethodLR(keras.callbacks.Callback):
                  every_n_epochs=None, every_n_steps=None, max_increase=None, tol=1e-3,
                  max_iterations=50, batch_size=250, verbose=1, seed=0):
         super().__init__()
-        one_of(curvature, "curvature", ("hessian", "ggn"))
+        kinds.get(curvature, allowed=("hessian", "ggn"))
         self.scale = number(scale, "scale", lambda v: v > 0,
                             "> 0 (1 is LeCun's optimum, 2 the edge of stability)")
         self.every_n_epochs, self.every_n_steps = (

@@ -8,7 +8,7 @@ compilable with `jit_compile=True`): `hessian_vector_product`,
 small models: `keras_secondorder.curvature.dense`.
 """
 
-from keras_secondorder.curvature import bbprop, dense, gradient_squares
+from keras_secondorder.curvature import bbprop, dense, gradient_squares, kinds
 from keras_secondorder.curvature.batch import BatchCurvature
 from keras_secondorder.curvature.diagonal import batch_diagonal, diagonal
 from keras_secondorder.curvature.fisher import FisherOperator, fisher_vector_product
@@ -44,5 +44,6 @@ __all__ = [
     "gradient",
     "gradient_squares",
     "hessian_vector_product",
+    "kinds",
     "unflatten",
 ]

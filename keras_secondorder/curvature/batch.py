@@ -5,10 +5,8 @@ import math
 
 import tensorflow as tf
 
+from keras_secondorder.curvature import kinds
 from keras_secondorder.curvature.diagonal import batch_diagonal
-from keras_secondorder.curvature.fisher import _fisher_product
-from keras_secondorder.curvature.ggn import _ggn_product
-from keras_secondorder.curvature.hessian import _hessian_product
 from keras_secondorder.curvature.objective import Batch, Objective, as_batch, batch_size
 
 
@@ -83,17 +81,22 @@ class BatchCurvature:
         value = self.objective.value(params, self.batch)
         return self._result([value], sum_over_replicas)[0]
 
+    def product(self, curvature, vector, sum_over_replicas=True):
+        """`v -> A v` for the registered curvature kind named `curvature` (`curvature.kinds`)."""
+        batch_product = kinds.get(curvature).operator.batch_product
+        return self._result(batch_product(self.objective, self.batch, vector), sum_over_replicas)
+
     def hessian_vector_product(self, vector, sum_over_replicas=True):
         """`v -> H v`, the exact Hessian product (indefinite)."""
-        return self._result(_hessian_product(self.objective, self.batch, vector), sum_over_replicas)
+        return self.product("hessian", vector, sum_over_replicas)
 
     def gauss_newton_vector_product(self, vector, sum_over_replicas=True):
         """`v -> G v`, the generalized Gauss-Newton product (positive semi-definite)."""
-        return self._result(_ggn_product(self.objective, self.batch, vector), sum_over_replicas)
+        return self.product("ggn", vector, sum_over_replicas)
 
     def fisher_vector_product(self, vector, sum_over_replicas=True):
         """`v -> F v`, the empirical Fisher product."""
-        return self._result(_fisher_product(self.objective, self.batch, vector), sum_over_replicas)
+        return self.product("fisher", vector, sum_over_replicas)
 
     def diagonal(self, method="ggn", samples=1, seed=(0, 0), chunk_size=64,
                  sum_over_replicas=True):

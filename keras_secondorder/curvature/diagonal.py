@@ -104,14 +104,14 @@ def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=
         return _hutchinson(objective, batch, samples, seed)
     if method == "bbprop":
         return bbprop_diagonal(objective, batch)
-    if method == "ggn":
-        def factors(output_loss, z):
-            return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
-    elif method == "ggn_mc":
+    if method == "ggn_mc":
         return _monte_carlo_ggn(objective, batch, samples, seed, chunk_size)
-    elif gradient_squares.supports(objective.model):  # "empirical_fisher", Dense layers only.
-        return gradient_squares.dense_chain_gradient_squares(objective, batch)
-    else:
+    if method == "empirical_fisher" and gradient_squares.supports(objective.model):
+        return gradient_squares.dense_chain_gradient_squares(objective, batch)  # Dense chains.
+    if method == "ggn":  # Output-space factors r_nf with C_n = sum_f r_nf r_nfᵀ:
+        def factors(output_loss, z):  # the columns of H_n^1/2,
+            return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
+    else:  # "empirical_fisher": the per-example loss gradient.
         def factors(output_loss, z):
             return [output_loss.row_gradients(batch.y, z)]
     squares, num_losses = _output_space_squares(objective, batch, factors, chunk_size)

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from keras_secondorder.curvature import dense, kinds
 from keras_secondorder.curvature.objective import as_batch, as_objective
 from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.output_losses import rows
@@ -52,3 +53,6 @@ class FisherOperator(CurvatureOperator):
     positive_semidefinite = True
     splits_at_outputs = True
     batch_product = staticmethod(_fisher_product)
+
+
+kinds.register('fisher', FisherOperator, dense.empirical_fisher)

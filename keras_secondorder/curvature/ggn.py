@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from keras_secondorder.curvature import dense, kinds
 from keras_secondorder.curvature.objective import as_batch, as_objective
 from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.output_losses import rows
@@ -53,3 +54,6 @@ class GGNOperator(CurvatureOperator):
     positive_semidefinite = True
     splits_at_outputs = True
     batch_product = staticmethod(_ggn_product)
+
+
+kinds.register('ggn', GGNOperator, dense.ggn)

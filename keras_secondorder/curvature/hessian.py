@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from keras_secondorder.curvature import dense, kinds
 from keras_secondorder.curvature.objective import as_batch, as_objective
 from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.vectors import dense_gradient
@@ -107,3 +108,6 @@ class HessianOperator(CurvatureOperator):
     """
 
     batch_product = staticmethod(_hessian_product)
+
+
+kinds.register('hessian', HessianOperator, dense.hessian)

@@ -1,16 +1,19 @@
 """Hessian-free optimization (Martens 2010): truncated Newton with Gauss-Newton products."""
 
+import functools
 import math
 
 import keras
 import tensorflow as tf
 
 from keras_secondorder._validation import number, one_of, positive_int
-from keras_secondorder.curvature import gradient_squares
+from keras_secondorder.curvature import gradient_squares, kinds
 from keras_secondorder.curvature.vectors import flatten, unflatten
 from keras_secondorder.optimizers.conjugate_gradient import conjugate_gradient
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
 
+# The curvature kinds whose products HessianFree's CG and damping were designed for (Martens
+# 2010): the Gauss-Newton matrix and the exact Hessian.
 CURVATURES = ("ggn", "hessian")
 PRECONDITIONERS = ("martens", None)
 # The default cap on the preconditioner's examples where they take per-example backward passes.
@@ -213,7 +216,7 @@ class HessianFree(CurvatureOptimizer):
         kwargs.pop("learning_rate", None)
         super().__init__(learning_rate=1.0, name=name, **kwargs)
         self.initial_damping = number(damping, "damping", lambda v: v > 0, "> 0")
-        self.curvature = one_of(curvature, "curvature", CURVATURES)
+        self.curvature = kinds.get(curvature, allowed=CURVATURES).name
         self.curvature_fraction = number(curvature_fraction, "curvature_fraction",
                                          lambda v: 0 < v <= 1, "in (0, 1]")
         self.preconditioner = one_of(preconditioner, "preconditioner", PRECONDITIONERS)
@@ -321,10 +324,10 @@ class HessianFree(CurvatureOptimizer):
                     reduction, finite)
 
     def _product(self, head, vector):
-        if self.curvature == "hessian":
-            return head.hessian_vector_product(vector, sum_over_replicas=False)
-        return self._with_split_hint(
-            lambda: head.gauss_newton_vector_product(vector, sum_over_replicas=False))
+        product = functools.partial(head.product, self.curvature, vector, sum_over_replicas=False)
+        if kinds.get(self.curvature).operator.splits_at_outputs:
+            return self._with_split_hint(product)
+        return product()
 
     def _with_split_hint(self, compute):
         try:

@@ -5,7 +5,7 @@ import tensorflow as tf
 from conftest import MODELS, make_case, random_like, relative_error
 
 from keras_secondorder import curvature
-from keras_secondorder.curvature import dense
+from keras_secondorder.curvature import dense, kinds
 
 PRODUCTS = {
     "hessian": (curvature.hessian_vector_product, dense.hessian, curvature.HessianOperator),
@@ -129,3 +129,34 @@ def test_operator_follows_the_weights(float64):
     fresh = curvature.HessianOperator(model, (x, y)).matvec(vector)
     assert relative_error(after, fresh) <= 1e-12
     assert relative_error(after, before) > 1e-2
+
+
+def test_the_grid_covers_every_registered_kind():
+    # A new kind registered in curvature.kinds must join PRODUCTS, and so every test above.
+    assert sorted(PRODUCTS) == sorted(kinds.names())
+    for name, (_, reference, operator_class) in PRODUCTS.items():
+        kind = kinds.get(name)
+        assert kind.operator is operator_class and kind.dense is reference
+
+
+@pytest.mark.parametrize("product", sorted(PRODUCTS))
+def test_batch_curvature_product_by_kind_equals_dense_matrix(float64, product):
+    # BatchCurvature (what the train step hands an optimizer) looks the kind up by name.
+    model, x, y, sample_weight = make_case("bn_dropout", "ce")
+    _, reference, _ = PRODUCTS[product]
+    vector = random_like(model)
+    actual = curvature.BatchCurvature(model, (x, y, sample_weight)).product(product, vector)
+    expected = tf.linalg.matvec(reference(model, x, y, sample_weight, training=True),
+                                curvature.flatten(vector))
+    assert relative_error(curvature.flatten(actual), expected) <= 1e-10
+
+
+def test_unknown_or_repeated_kinds_are_refused():
+    with pytest.raises(ValueError, match=r"`curvature` must be one of \[.*'ggn'.*\]; received "
+                                         r"'kfac'"):
+        kinds.get("kfac")
+    with pytest.raises(ValueError, match=r"must be one of \['ggn'\] \(registered kinds: .*"
+                                         r"fisher.*\); received 'fisher'"):
+        kinds.get("fisher", allowed=("ggn",))
+    with pytest.raises(ValueError, match="'ggn' is registered already"):
+        kinds.register("ggn", curvature.GGNOperator, dense.ggn)
