@@ -61,6 +61,11 @@ def call_has_training_arg(layer):
     return layer._call_has_training_arg
 
 
+def inbound_node_count(layer):
+    """How many times `layer` is called in the functional graphs it belongs to."""
+    return len(layer._inbound_nodes)
+
+
 def functional_structure(model):
     """The `(inputs, outputs)` structures (tensor, list or dict) a functional model was built on."""
     return model._inputs_struct, model._outputs_struct
@@ -83,6 +88,16 @@ def compile_loss(model):
 def aggregate_additional_loss(model, loss):
     """One `model.losses` term reduced as `compute_loss` reduces it."""
     return model._aggregate_additional_loss(loss)
+
+
+def compiled_losses(compile_loss):
+    """The entries (`.loss`, `.loss_weights`) of a built `CompileLoss`, one per output."""
+    return list(compile_loss._flat_losses)
+
+
+def loss_function_kwargs(loss):
+    """The keyword arguments a `LossFunctionWrapper` passes its function (`from_logits`, ...)."""
+    return loss._fn_kwargs
 
 
 def keras_logits(probabilities):

@@ -85,6 +85,13 @@ def test_keras_model_internals():
 
     assert not compat.call_has_training_arg(Plain())
     assert isinstance(compat.compile_loss(model), compat.CompileLoss)
+    assert [compat.inbound_node_count(layer) for layer in model.layers[2:]] == [1, 1]
+    compat.compile_loss(model).build(outputs, outputs)
+    (entry,) = compat.compiled_losses(compat.compile_loss(model))
+    assert entry.loss.fn is keras.losses.mean_squared_error and entry.loss_weights is None
+    crossentropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True, axis=-1)
+    assert compat.loss_function_kwargs(crossentropy) == {"from_logits": True,
+                                                         "ignore_class": None, "axis": -1}
     assert float(compat.aggregate_additional_loss(model, tf.constant(2.0))) == 2.0
 
 

@@ -26,6 +26,11 @@ Supported: a chain of layers (Sequential, or a functional model without branches
 pooling, `Flatten`, `Reshape`, `Permute`, padding, cropping, `Dropout` and `Activation`, with
 elementwise activations (softmax only as the last activation, where the objective splits at its
 logits). `unsupported_reason(model)` tells why a model is not covered.
+
+Each layer class has one `LayerRule` (as BackPACK has one module per layer): `AFFINE` for layers
+`f(A(x; w))`, `LINEAR` and its subclasses for weightless linear layers. `register_rule(cls,
+rule)` adds one, as `models.lenet` does for `TrainableSubsampling` and a user can for a custom
+layer of the same form.
 """
 
 import math
@@ -41,24 +46,117 @@ from keras_secondorder._keras_compat import (
     BasePooling,
     Functional,
     call_has_training_arg,
+    inbound_node_count,
 )
 from keras_secondorder.curvature.output_losses import rows
 from keras_secondorder.curvature.output_space import penalty_diagonal
-from keras_secondorder.models.lenet import TrainableSubsampling
 
 _ZERO = tf.UnconnectedGradients.ZERO
-# Layers affine in their input and in their weights, with an `activation` applied after.
-AFFINE = (keras.layers.Dense, BaseConv, BaseConvTranspose, TrainableSubsampling,
-          keras.layers.Activation)
-# Layers linear in their input whose Jacobian entries are 0, 1 or one constant.
-_LINEAR = (
-    BasePooling, BaseGlobalPooling, keras.layers.Dropout,
-    keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute,
-    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D,
-)
-_GLOBAL_AVERAGE = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
-                   keras.layers.GlobalAveragePooling3D)
+
+
+class LayerRule:
+    """How bbprop passes one kind of layer; one instance per layer class, in `register_rule`.
+
+    A linear layer (no activation): `y = c J x`, with every nonzero entry of `J` equal to 1 and
+    one constant `c`, so `h_x = (c J)^⊙2ᵀ h_y = c (c J)ᵀ h_y`: the layer's own backward pass
+    of `h_y`, times `c` (`constant`). Weights enter as for an affine layer.
+    """
+
+    affine = False
+
+    def constant(self, layer, x, training):
+        """`c`, the value of the Jacobian's nonzero entries (1 unless overridden)."""
+        return 1.0
+
+    def unsupported_reason(self, layer):
+        """Why this particular layer is not covered (a setting), or `None`."""
+        return None
+
+
+class AffineRule(LayerRule):
+    """`y = f(A(x; w))`: `A` affine in `x` and in `w`, `f` the layer's elementwise `activation`.
+
+    `h_a = f'(a)² ⊙ h_y`, then `h_x = VJP_x[x -> A(x; w ⊙ w)](h_a)` and
+    `h_w = VJP_w[w -> A(x ⊙ x; w)](h_a)`: every Jacobian entry of `A` is one weight or one input.
+    """
+
+    affine = True
+
+
+class PoolingRule(LayerRule):
+    """Max pooling (`c = 1`) and average pooling over `k` inputs (`c = 1/k`, valid padding)."""
+
+    def constant(self, layer, x, training):
+        return 1.0 / math.prod(layer.pool_size) if layer.pool_mode == "average" else 1.0
+
+    def unsupported_reason(self, layer):
+        if layer.pool_mode == "average" and layer.padding != "valid":
+            return "padding=same (the border windows average fewer inputs)"
+        return None
+
+
+class GlobalPoolingRule(LayerRule):
+    """Global max pooling (`c = 1`) and global average pooling (`c = 1/positions`)."""
+
+    averages = (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D,
+                keras.layers.GlobalAveragePooling3D)
+
+    def constant(self, layer, x, training):
+        if not isinstance(layer, self.averages):
+            return 1.0
+        spatial = (tf.shape(x)[2:] if layer.data_format == "channels_first"
+                   else tf.shape(x)[1:-1])
+        return 1.0 / tf.cast(tf.reduce_prod(spatial), x.dtype)
+
+
+class DropoutRule(LayerRule):
+    """Dropout: entries 0 or `c = 1/(1 - rate)` in training, the identity otherwise."""
+
+    def constant(self, layer, x, training):
+        return 1.0 / (1.0 - layer.rate) if training else 1.0
+
+
+AFFINE = AffineRule()
+LINEAR = LayerRule()
+_RULES = {}  # layer class -> LayerRule
+
+
+def register_rule(layer_class, rule):
+    """Makes bbprop pass layers of `layer_class` by `rule` (e.g. `AFFINE` or `LINEAR`).
+
+    It covers subclasses that keep `layer_class.call`; a subclass with a `call` of its own may
+    compute anything and needs a registration of its own. A custom layer with weights is
+    covered when it computes `activation(A(x; w))` with `A` affine in its input and in its
+    weights, each Jacobian entry a single weight or input (as Dense and convolutions do), and
+    `activation` an elementwise function stored as `layer.activation`: register it with
+    `AFFINE`.
+    """
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise ValueError(f"`layer_class` must be a keras.layers.Layer subclass; received "
+                         f"{layer_class!r}.")
+    if not isinstance(rule, LayerRule):
+        raise ValueError(f"`rule` must be a bbprop.LayerRule (AFFINE, LINEAR or a subclass's "
+                         f"instance); received {rule!r}.")
+    _RULES[layer_class] = rule
+
+
+def rule_for(layer):
+    """The `LayerRule` of `layer`, or `None` when no registered class computes its `call`."""
+    for base in type(layer).__mro__:
+        if base in _RULES and type(layer).call is base.call:
+            return _RULES[base]
+    return None
+
+
+for _class in (keras.layers.Dense, BaseConv, BaseConvTranspose, keras.layers.Activation):
+    register_rule(_class, AFFINE)
+for _class in (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute,
+               keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D,
+               keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D):
+    register_rule(_class, LINEAR)
+register_rule(BasePooling, PoolingRule())
+register_rule(BaseGlobalPooling, GlobalPoolingRule())
+register_rule(keras.layers.Dropout, DropoutRule())
 _NOT_ELEMENTWISE = (keras.activations.softmax, keras.activations.log_softmax)
 
 
@@ -98,14 +196,15 @@ def bbprop_diagonal(objective, batch):
     diagonals = {}
     for index in reversed(range(len(records))):
         layer, call, weights, x, pre_activation = records[index]
-        if isinstance(layer, AFFINE) and not (at_logits and index == len(records) - 1):
+        rule = rule_for(layer)
+        if rule.affine and not (at_logits and index == len(records) - 1):
             h = tf.square(_derivative(layer, pre_activation)) * h  # h_a = f'(a)² h_y
         if weights:
             diagonals.update(zip((id(v) for v in layer.trainable_variables),
                                  call.weight_curvature(weights, x, h), strict=True))
         if index > 0:
-            h = call.input_curvature(weights, x, h) * _constant_entry(layer, x,
-                                                                      objective.training)
+            h = call.input_curvature(weights, x, h) * rule.constant(layer, x,
+                                                                    objective.training)
     return by_variable(objective, params, diagonals, num_losses)
 
 
@@ -144,7 +243,7 @@ def forward(objective, batch, layers, params):
         pre_activation, losses = call(weights, x)
         num_losses += len(losses)
         records.append(LayerRecord(layer, call, weights, x, pre_activation))
-        x = layer.activation(pre_activation) if isinstance(layer, AFFINE) else pre_activation
+        x = layer.activation(pre_activation) if rule_for(layer).affine else pre_activation
     return records, x, num_losses
 
 
@@ -178,7 +277,7 @@ def _without_activation(layer):
     A copy, not a temporary change of `layer.activation`: another thread tracing the model at
     the same time (a `MirroredStrategy` replica) must see the layer as it is.
     """
-    if not isinstance(layer, AFFINE):
+    if not rule_for(layer).affine:
         return layer
     # The attributes copied by hand: copy.copy would pickle the layer (Keras's __reduce__
     # saves its weights, which a trace cannot).
@@ -206,19 +305,6 @@ def _derivative(layer, pre_activation):
                 tf.ones_like(pre_activation))[0]
 
 
-def _constant_entry(layer, x, training):
-    """`c` for layers whose nonzero Jacobian entries all equal `c`: `(c J)^⊙2 = c (c J)`."""
-    if isinstance(layer, BasePooling) and layer.pool_mode == "average":
-        return 1.0 / math.prod(layer.pool_size)
-    if isinstance(layer, _GLOBAL_AVERAGE):
-        spatial = (tf.shape(x)[2:] if layer.data_format == "channels_first"
-                   else tf.shape(x)[1:-1])
-        return 1.0 / tf.cast(tf.reduce_prod(spatial), x.dtype)
-    if isinstance(layer, keras.layers.Dropout) and training:
-        return 1.0 / (1.0 - layer.rate)
-    return 1.0
-
-
 def layer_chain(model):
     """The model's layers in order, checked to form a supported chain (ValueError otherwise)."""
     if not isinstance(model, (keras.Sequential, Functional)):
@@ -233,7 +319,7 @@ def layer_chain(model):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         _check_layer(layer)
-        if len(layer._inbound_nodes) != 1 or layer.input is not previous:
+        if inbound_node_count(layer) != 1 or layer.input is not previous:
             raise ValueError(
                 f"bbprop needs the layers to form a chain; layer {layer.name!r} is shared or "
                 "reads something other than the previous layer's output."
@@ -243,7 +329,7 @@ def layer_chain(model):
     if not layers or previous is not model.outputs[0]:
         raise ValueError("bbprop needs the last layer's output to be the model's output.")
     for layer in layers[:-1]:
-        if isinstance(layer, AFFINE) and layer.activation in _NOT_ELEMENTWISE:
+        if rule_for(layer).affine and layer.activation in _NOT_ELEMENTWISE:
             raise ValueError(
                 f"bbprop needs elementwise activations; layer {layer.name!r} applies "
                 f"{layer.activation.__name__} before the last layer."
@@ -252,15 +338,13 @@ def layer_chain(model):
 
 
 def _check_layer(layer):
-    # A subclass that overrides `call` may compute anything: only the known computations pass.
-    known = any(isinstance(layer, base) and type(layer).call is base.call
-                for base in AFFINE + _LINEAR)
-    average_same = (isinstance(layer, BasePooling) and layer.pool_mode == "average"
-                    and layer.padding != "valid")
-    if not known or average_same:
+    rule = rule_for(layer)
+    reason = None if rule is None else rule.unsupported_reason(layer)
+    if rule is None or reason is not None:
         raise ValueError(
             f"bbprop does not support layer {layer.name!r} ({type(layer).__name__}"
-            f"{', padding=same' if average_same else ''}); it supports Dense, convolutions, "
-            "max and (valid) average pooling, global pooling, Flatten, Reshape, Permute, "
-            "padding, cropping, Dropout and Activation layers."
+            f"{', ' + reason if reason else ''}); it supports Dense, convolutions, max and "
+            "(valid) average pooling, global pooling, Flatten, Reshape, Permute, padding, "
+            "cropping, Dropout and Activation layers, and the layers registered with "
+            "bbprop.register_rule."
         )

@@ -20,7 +20,12 @@ from keras_secondorder import _random as random
 
 # reduce_weighted_values: Keras's reduction of per-example losses (sample weights, masks,
 # reduction modes).
-from keras_secondorder._keras_compat import keras_logits, reduce_weighted_values
+from keras_secondorder._keras_compat import (
+    compiled_losses,
+    keras_logits,
+    loss_function_kwargs,
+    reduce_weighted_values,
+)
 
 
 class OutputLoss:
@@ -40,7 +45,7 @@ class OutputLoss:
     def __init__(self, loss, loss_weight=None):
         self.loss = loss
         self.loss_weight = 1.0 if loss_weight is None else loss_weight
-        self.from_logits = bool(loss._fn_kwargs.get("from_logits", False))
+        self.from_logits = bool(loss_function_kwargs(loss).get("from_logits", False))
 
     def split(self, y_pred):
         """The outputs `z` at which the objective splits, from the model's predictions."""
@@ -226,7 +231,7 @@ def resolve(compile_loss, y, y_pred):
     """
     if not compile_loss.built:
         compile_loss.build(y, y_pred)
-    entries = [entry for entry in compile_loss._flat_losses if entry.loss is not None]
+    entries = [entry for entry in compiled_losses(compile_loss) if entry.loss is not None]
     if len(entries) != 1:
         raise ValueError(
             f"The Gauss-Newton and Fisher products support models with one output and one loss; "
@@ -240,7 +245,7 @@ def resolve(compile_loss, y, y_pred):
             f"{', '.join(SUPPORTED)} (as strings or keras.losses objects). The Hessian product "
             "works for any differentiable loss."
         )
-    axis = loss._fn_kwargs.get("axis", -1)
+    axis = loss_function_kwargs(loss).get("axis", -1)
     if axis != -1:
         raise ValueError(f"Loss {loss.name!r} has axis={axis}; the curvature core needs axis=-1.")
     return cls(loss, loss_weight)

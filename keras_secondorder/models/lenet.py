@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_secondorder.curvature import bbprop
+
 _PACKAGE = "keras_secondorder"
 
 # Table I of the paper: which of S2's 6 feature maps each of C3's 16 maps reads.
@@ -48,6 +50,10 @@ class TrainableSubsampling(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(),
                 "activation": keras.activations.serialize(self.activation)}
+
+
+# bbprop: f(w_k * sum(window) + b_k) is affine in the inputs and in (w_k, b_k).
+bbprop.register_rule(TrainableSubsampling, bbprop.AFFINE)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

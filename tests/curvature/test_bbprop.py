@@ -111,3 +111,52 @@ def test_softmax_inside_the_network_is_refused(float64):
                               keras.layers.Dense(2)])
     model.compile(loss="mse")
     assert "elementwise" in bbprop.unsupported_reason(model)
+
+
+class ElementwiseScale(keras.layers.Layer):
+    """`y = tanh(x ⊙ w + b)`: affine in x and in (w, b), one weight per entry."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.activation = keras.activations.tanh
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=input_shape[-1:], initializer="ones")
+        self.shift = self.add_weight(shape=input_shape[-1:], initializer="zeros")
+
+    def call(self, x):
+        return self.activation(x * self.scale + self.shift)
+
+
+def test_a_registered_custom_layer_is_covered_exactly(float64):
+    # One weight per output, one path, mean squared error: bbprop is the exact GGN diagonal.
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((3,)), ElementwiseScale()])
+    model.compile(loss="mse")
+    x, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
+    assert "ElementwiseScale" in bbprop.unsupported_reason(model)
+    bbprop.register_rule(ElementwiseScale, bbprop.AFFINE)
+    assert bbprop.unsupported_reason(model) is None
+    approx = diagonal(model, (x, y), "bbprop")
+    assert relative_error(flat(approx), flat(diagonal(model, (x, y), "ggn"))) < 1e-12
+
+
+def test_register_rule_refuses_what_is_not_a_layer_class_or_a_rule():
+    with pytest.raises(ValueError, match="`layer_class` must be a keras.layers.Layer subclass"):
+        bbprop.register_rule(keras.layers.Dense(1), bbprop.AFFINE)
+    with pytest.raises(ValueError, match="`rule` must be a bbprop.LayerRule"):
+        bbprop.register_rule(ElementwiseScale, "affine")
+
+
+def test_the_curvature_core_imports_nothing_from_models():
+    import ast
+    import pathlib
+
+    core = pathlib.Path(bbprop.__file__).parent
+    for path in core.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(name.startswith("keras_secondorder.models") for name in names), path
+            if isinstance(node, ast.ImportFrom) and node.module == "keras_secondorder":
+                assert "models" not in [alias.name for alias in node.names], path
