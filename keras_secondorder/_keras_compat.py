@@ -28,6 +28,7 @@ from keras.src.layers.pooling.base_pooling import BasePooling
 from keras.src.losses.loss import reduce_weighted_values, scale_loss_for_distribution
 from keras.src.models.functional import Functional
 from keras.src.models.model import functional_init_arguments
+from keras.src.optimizers.optimizer import base_optimizer_keyword_args
 from keras.src.saving import object_registration
 from keras.src.trainers.compile_utils import CompileLoss
 
@@ -38,6 +39,7 @@ __all__ = [
     "BasePooling",
     "CompileLoss",
     "Functional",
+    "base_optimizer_keyword_args",
     "functional_init_arguments",
     "reduce_weighted_values",
     "scale_loss_for_distribution",

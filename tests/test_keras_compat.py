@@ -17,6 +17,7 @@ from sklearn.svm import SVC
 from keras_secondorder import _keras_compat as compat
 from keras_secondorder import curvature
 from keras_secondorder.curvature import dense
+from keras_secondorder.optimizers import SDLM, EquilibratedSGD
 
 
 def test_keras_nn_compute_moments_is_what_batch_normalization_calls():
@@ -140,6 +141,10 @@ def test_keras_optimizer_internals():
     assert isinstance(optimizer, TFOptimizer) and "_backend_update_step" in vars(TFOptimizer)
     scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())
     assert isinstance(compat.unwrap_optimizer(scaled), keras.optimizers.SGD)
+    # Keras's shared docs of the base keywords, which the diagonal optimizers' docstrings use.
+    assert "gradient_accumulation_steps:" in compat.base_optimizer_keyword_args
+    for documented in (SDLM, EquilibratedSGD):
+        assert "{{" not in documented.__doc__ and "        clipnorm: Float." in documented.__doc__
 
 
 def test_sklearn_svc_private_dual_coefficients():

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_secondorder._keras_compat import (
     all_reduce_sum_gradients,
     backend_variables,
+    base_optimizer_keyword_args,
     distribution_strategy,
     merge_call,
     unwrap_optimizer,
@@ -23,6 +24,13 @@ _MISSING_CURVATURE = (
     "optimizer. In a custom training loop, bind the batch: `with optimizer.bind("
     "keras_secondorder.curvature.BatchCurvature(model, (x, y))): optimizer.apply(grads)`."
 )
+
+
+def with_base_keyword_docs(cls):
+    """Fills `{{base_optimizer_keyword_args}}` in `cls`'s docstring with Keras's own text."""
+    cls.__doc__ = cls.__doc__.replace("{{base_optimizer_keyword_args}}",
+                                      base_optimizer_keyword_args)
+    return cls
 
 
 class CurvatureOptimizer(keras.optimizers.Optimizer):

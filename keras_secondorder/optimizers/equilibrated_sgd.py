@@ -5,12 +5,16 @@ import tensorflow as tf
 
 from keras_secondorder import _random as random
 from keras_secondorder._validation import integer, number, one_of, positive_int
-from keras_secondorder.optimizers.curvature_optimizer import DiagonalCurvatureOptimizer
+from keras_secondorder.optimizers.curvature_optimizer import (
+    DiagonalCurvatureOptimizer,
+    with_base_keyword_docs,
+)
 
 PRECONDITIONERS = ("equilibration", "jacobi", "rmsprop")
 
 
 @keras.saving.register_keras_serializable(package="keras_secondorder")
+@with_base_keyword_docs
 class EquilibratedSGD(DiagonalCurvatureOptimizer):
     """SGD preconditioned by the equilibration matrix `D = sqrt(E[(H v)²])`, `v ~ N(0, I)`.
 
@@ -47,7 +51,7 @@ class EquilibratedSGD(DiagonalCurvatureOptimizer):
             exponential average that forgets old curvature. Defaults to `None`.
         seed: integer seed of the probes `v`; with the step number it fixes every draw, so a
             resumed run draws what an uninterrupted one would. Defaults to `0`.
-        **kwargs: the base optimizer's arguments (`clipnorm`, `weight_decay`, `name`, ...).
+        {{base_optimizer_keyword_args}}
 
     References:
         - Dauphin, de Vries, Bengio, 2015: Equilibrated adaptive learning rates for non-convex

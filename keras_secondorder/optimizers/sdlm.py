@@ -8,12 +8,16 @@ import tensorflow as tf
 from keras_secondorder import curvature as curvature_core
 from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.curvature import bbprop
-from keras_secondorder.optimizers.curvature_optimizer import DiagonalCurvatureOptimizer
+from keras_secondorder.optimizers.curvature_optimizer import (
+    DiagonalCurvatureOptimizer,
+    with_base_keyword_docs,
+)
 
 DIAGONALS = ("bbprop", "ggn", "ggn_mc")
 
 
 @keras.saving.register_keras_serializable(package="keras_secondorder")
+@with_base_keyword_docs
 class SDLM(DiagonalCurvatureOptimizer):
     """Stochastic diagonal Levenberg-Marquardt: a per-weight learning rate from the curvature.
 
@@ -58,8 +62,7 @@ class SDLM(DiagonalCurvatureOptimizer):
             and sample). Defaults to `"bbprop"`.
         diagonal_samples: the Monte-Carlo samples of `"ggn_mc"`. Defaults to `1`.
         seed: integer seed of `"ggn_mc"`'s draws. Defaults to `0`.
-        **kwargs: the base optimizer's arguments (`clipnorm`, `clipvalue`, `weight_decay`,
-            `gradient_accumulation_steps`, `use_ema`, `loss_scale_factor`, `name`, ...).
+        {{base_optimizer_keyword_args}}
 
     References:
         - LeCun, Bottou, Bengio, Haffner, 1998: Gradient-based learning applied to document
