@@ -84,7 +84,7 @@ def register_under_same_name(new_class, original):
 
 def compile_loss(model):
     """The `CompileLoss` that `model.compile` made (`None` before compile)."""
-    return model._compile_loss
+    return getattr(model, "_compile_loss", None)
 
 
 def aggregate_additional_loss(model, loss):
