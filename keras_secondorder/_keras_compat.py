@@ -129,26 +129,28 @@ def losses_override(model, losses):
 
 # Trace-time patches, counted so that concurrent traces share one installation.
 
-_installed = {}  # key -> [count, restore]
+_patches = {}  # (id(target), attribute) -> [entrants, original value]
 
 
 @contextlib.contextmanager
-def _shared_patch(key, install):
-    """Runs `install()` (which returns its undo) for the first entrant; undoes for the last."""
+def _shared_setattr(target, attribute, value):
+    """Sets `target.attribute = value` for the first entrant; restores it after the last."""
+    key = (id(target), attribute)
     with _LOCK:
-        if key in _installed:
-            _installed[key][0] += 1
+        if key in _patches:
+            _patches[key][0] += 1
         else:
-            _installed[key] = [1, install()]
+            _patches[key] = [1, getattr(target, attribute)]
+            setattr(target, attribute, value)
     try:
         yield
     finally:
         with _LOCK:
-            entry = _installed[key]
+            entry = _patches[key]
             entry[0] -= 1
             if entry[0] == 0:
-                del _installed[key]
-                entry[1]()
+                del _patches[key]
+                setattr(target, attribute, entry[1])
 
 
 def _twice_differentiable_compute_moments(x, axes, keepdims=False):
@@ -169,15 +171,7 @@ def twice_differentiable_moments():
     values and first derivatives, so another thread's ordinary trace that runs while it is
     installed is unaffected.
     """
-    def install():
-        original = _backend_nn._compute_moments
-        _backend_nn._compute_moments = _twice_differentiable_compute_moments
-
-        def restore():
-            _backend_nn._compute_moments = original
-        return restore
-
-    return _shared_patch("moments", install)
+    return _shared_setattr(_backend_nn, "_compute_moments", _twice_differentiable_compute_moments)
 
 
 @contextlib.contextmanager
@@ -192,19 +186,9 @@ def layers_in_variable_dtype(model):
             policy = layer._dtype_policy
             if (type(policy) is keras.DTypePolicy  # Not a per-path map, not a quantized policy.
                     and policy.compute_dtype != policy.variable_dtype):
-                stack.enter_context(_shared_patch(("dtype", id(layer)),
-                                                  _policy_installer(layer, policy)))
+                stack.enter_context(_shared_setattr(layer, "_dtype_policy",
+                                                    keras.DTypePolicy(policy.variable_dtype)))
         yield
-
-
-def _policy_installer(layer, policy):
-    def install():
-        layer._dtype_policy = keras.DTypePolicy(policy.variable_dtype)
-
-        def restore():
-            layer._dtype_policy = policy
-        return restore
-    return install
 
 
 # Optimizers.

@@ -55,4 +55,4 @@ class FisherOperator(CurvatureOperator):
     batch_product = staticmethod(_fisher_product)
 
 
-kinds.register('fisher', FisherOperator, dense.empirical_fisher)
+kinds.register("fisher", FisherOperator, dense.empirical_fisher)

@@ -56,4 +56,4 @@ class GGNOperator(CurvatureOperator):
     batch_product = staticmethod(_ggn_product)
 
 
-kinds.register('ggn', GGNOperator, dense.ggn)
+kinds.register("ggn", GGNOperator, dense.ggn)

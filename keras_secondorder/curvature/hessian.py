@@ -110,4 +110,4 @@ class HessianOperator(CurvatureOperator):
     batch_product = staticmethod(_hessian_product)
 
 
-kinds.register('hessian', HessianOperator, dense.hessian)
+kinds.register("hessian", HessianOperator, dense.hessian)
