@@ -3,12 +3,14 @@
 `SDLM` (LeCun's stochastic diagonal Levenberg-Marquardt), `EquilibratedSGD` (Dauphin et al.
 2015) and `HessianFree` (Martens 2010) are Keras optimizers whose step also uses the curvature
 of the current batch; the train step of `keras_secondorder.Model` binds it (see
-`CurvatureOptimizer`).
+`CurvatureOptimizer`). `DiagonalCurvatureOptimizer` is the template of the diagonal ones.
 """
 
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
+from keras_secondorder.optimizers.diagonal_curvature_optimizer import DiagonalCurvatureOptimizer
 from keras_secondorder.optimizers.equilibrated_sgd import EquilibratedSGD
 from keras_secondorder.optimizers.hessian_free import HessianFree
 from keras_secondorder.optimizers.sdlm import SDLM
 
-__all__ = ["CurvatureOptimizer", "EquilibratedSGD", "HessianFree", "SDLM"]
+__all__ = ["CurvatureOptimizer", "DiagonalCurvatureOptimizer", "EquilibratedSGD", "HessianFree",
+           "SDLM"]

@@ -5,10 +5,8 @@ import tensorflow as tf
 
 from keras_secondorder import _random as random
 from keras_secondorder._validation import integer, number, one_of, positive_int
-from keras_secondorder.optimizers.curvature_optimizer import (
-    DiagonalCurvatureOptimizer,
-    with_base_keyword_docs,
-)
+from keras_secondorder.optimizers.curvature_optimizer import with_base_keyword_docs
+from keras_secondorder.optimizers.diagonal_curvature_optimizer import DiagonalCurvatureOptimizer
 
 PRECONDITIONERS = ("equilibration", "jacobi", "rmsprop")
 

@@ -1,5 +1,6 @@
 """Hessian-free optimization (Martens 2010): truncated Newton with Gauss-Newton products."""
 
+import collections
 import functools
 import math
 
@@ -8,6 +9,7 @@ import tensorflow as tf
 
 from keras_secondorder._validation import number, one_of, positive_int
 from keras_secondorder.curvature import gradient_squares, kinds
+from keras_secondorder.curvature.batch import synchronized_layers
 from keras_secondorder.curvature.vectors import flatten, unflatten
 from keras_secondorder.optimizers.conjugate_gradient import conjugate_gradient
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
@@ -29,7 +31,7 @@ def adjust_damping(damping, rho, increase=1.5, decrease=2.0 / 3.0, minimum=0.0):
     decrease stops at `minimum`.
     """
     failed = (rho < 0.25) | ~tf.math.is_finite(rho)
-    decreased = tf.maximum(damping * decrease, tf.cast(minimum, damping.dtype))
+    decreased = tf.maximum(damping * decrease, tf.convert_to_tensor(minimum, damping.dtype))
     return tf.where(failed, damping * increase, tf.where(rho > 0.75, decreased, damping))
 
 
@@ -98,6 +100,104 @@ def armijo_line_search(objective, direction, value, slope, value_at_one, suffici
     _, rate, trial = tf.while_loop(searching, shrink_step, (tf.constant(1), one, value_at_one))
     accepted = accepts(rate, trial)
     return tf.where(accepted, rate, 0.0), tf.where(accepted, trial, value), accepted
+
+
+HessianFreeStep = collections.namedtuple(
+    "HessianFreeStep",
+    ["step", "solution", "cg_iterations", "rho", "damping", "step_size", "model_reduction",
+     "finite"])
+HessianFreeStep.__doc__ = """What `hessian_free_step` returns (flat vectors and scalar tensors).
+
+Attributes:
+    step: the change of the weights, `a p` (zero when the step is rejected).
+    solution: CG's last iterate, the next step's warm start (zero if it is not finite).
+    cg_iterations: the CG iterations run.
+    rho: the reduction ratio `(f(w + p) - f(w)) / q(p)` of the undamped model `q`.
+    damping: the next step's lambda.
+    step_size: `a`, 0 for a rejected step.
+    model_reduction: `-q(p)`, the reduction the quadratic model predicts.
+    finite: whether the objective and gradient at `w` were finite (if not, nothing was tried).
+"""
+
+# The settings of `hessian_free_step`, attributes of `HessianFree` under the same names.
+STEP_SETTINGS = ("preconditioner_exponent", "max_cg_iterations", "cg_tolerance", "cg_min_gap",
+                 "cg_gap_ratio", "warm_start_decay", "backtrack_first", "backtrack_ratio",
+                 "damping_increase", "damping_decrease", "min_damping",
+                 "line_search_sufficient", "line_search_shrink", "line_search_tries")
+
+
+def hessian_free_step(objective, gradient, curvature_product, damping, warm_start,
+                      per_example_squares=None, *, preconditioner_exponent=0.75,
+                      max_cg_iterations=250, cg_tolerance=5e-4, cg_min_gap=10, cg_gap_ratio=0.1,
+                      warm_start_decay=0.95, backtrack_first=5, backtrack_ratio=1.3,
+                      damping_increase=1.5, damping_decrease=2.0 / 3.0, min_damping=0.0,
+                      line_search_sufficient=0.01, line_search_shrink=0.8,
+                      line_search_tries=60):
+    """One Hessian-free iteration (Martens 2010) on flat vectors: `HessianFree`'s numerics.
+
+    CG on the damped model `(B + lambda I) p = -g` from `warm_start_decay * warm_start`, with
+    Martens' preconditioner when `per_example_squares` is given; backtracking over the saved CG
+    iterates; the reduction ratio `rho` of the *undamped* model (it judges how well `B`, not
+    `B + lambda I`, predicts `f`: damping is the trust region, not part of the model); lambda
+    adjusted by `rho` (`adjust_damping`); an Armijo line search along the chosen iterate. A
+    rejected step (no trial passes, or a non-finite direction) raises lambda by
+    `damping_increase` at least; a non-finite `f(w)` or `g` rejects the step before any product.
+
+    Args:
+        objective: the flat step `p -> f(w + p)` (a scalar tensor).
+        gradient: `g`, the gradient of `f` at `w` (flat).
+        curvature_product: `v -> B v`, the undamped curvature (flat).
+        damping: lambda (a scalar tensor of `gradient`'s dtype).
+        warm_start: the previous step's `solution` (flat; zeros at the first step).
+        per_example_squares: `None` (no preconditioner) or a callable returning the sum of the
+            squared per-example gradients (flat): the preconditioner is
+            `M = (squares + lambda)^preconditioner_exponent`. A callable, so that a rejected
+            step does not pay for it.
+        preconditioner_exponent, max_cg_iterations, cg_tolerance, cg_min_gap, cg_gap_ratio,
+        warm_start_decay, backtrack_first, backtrack_ratio, damping_increase,
+        damping_decrease, min_damping, line_search_sufficient, line_search_shrink,
+        line_search_tries: as documented in `HessianFree`, with its defaults.
+
+    Returns:
+        A `HessianFreeStep`.
+    """
+    value = objective(tf.zeros_like(gradient))
+    finite = tf.math.is_finite(value) & tf.reduce_all(tf.math.is_finite(gradient))
+
+    def solve():
+        preconditioner = (None if per_example_squares is None
+                          else (per_example_squares() + damping) ** preconditioner_exponent)
+        result = conjugate_gradient(
+            lambda v: curvature_product(v) + damping * v, -gradient,
+            warm_start_decay * warm_start, preconditioner, max_iterations=max_cg_iterations,
+            min_gap=cg_min_gap, gap_ratio=cg_gap_ratio, tolerance=cg_tolerance,
+            save_first=backtrack_first, save_ratio=backtrack_ratio)
+        direction, value_at_direction, _ = backtrack(objective, result)
+        slope = tf.reduce_sum(gradient * direction)
+        predicted = slope + 0.5 * tf.reduce_sum(direction * curvature_product(direction))
+        rho = (value_at_direction - value) / predicted
+        new_damping = adjust_damping(damping, rho, damping_increase, damping_decrease,
+                                     min_damping)
+        rate, _, accepted = armijo_line_search(
+            objective, direction, value, slope, value_at_direction, line_search_sufficient,
+            line_search_shrink, line_search_tries)
+        accepted &= tf.reduce_all(tf.math.is_finite(direction))
+        new_damping = tf.where(accepted, new_damping,
+                               tf.maximum(new_damping, damping * damping_increase))
+        solution = tf.where(tf.reduce_all(tf.math.is_finite(result.solution)), result.solution,
+                            0.0)
+        return HessianFreeStep(tf.where(accepted, rate * direction, 0.0), solution,
+                               result.iterations, rho, new_damping,
+                               tf.where(accepted, rate, 0.0), -predicted, finite)
+
+    def reject():
+        zeros = tf.zeros_like(gradient)
+        nan = tf.constant(float("nan"), gradient.dtype)
+        return HessianFreeStep(zeros, zeros, tf.constant(0), nan, damping * damping_increase,
+                               tf.zeros((), gradient.dtype), nan, finite)
+
+    return tf.cond(finite, solve, reject)
+
 
 
 @keras.saving.register_keras_serializable(package="keras_secondorder")
@@ -268,13 +368,11 @@ class HessianFree(CurvatureOptimizer):
                 "step_size": self.step_size, "model_reduction": self.model_reduction,
                 "rejected_steps": self.rejected_steps}
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        curvature = self._require_curvature()
-        grads, variables = self.summed_dense_gradients(grads, trainable_variables)
+    def curvature_step(self, curvature, gradients, variables, learning_rate):
         # One iteration over all replicas' batches: CG cannot synchronize replicas inside its
         # tf.while_loop, so it runs in cross-replica context, summing over the local batches.
         tf.distribute.get_replica_context().merge_call(
-            self._iteration, args=(grads, curvature, variables))
+            self._iteration, args=(gradients, curvature, variables))
 
     def _iteration(self, distribution, grads, curvature, variables):
         if getattr(distribution.extended, "_num_workers", 1) > 1:
@@ -284,6 +382,16 @@ class HessianFree(CurvatureOptimizer):
                 "(one machine, several devices) or no strategy."
             )
         replicas = list(distribution.experimental_local_results(curvature))
+        synchronized = synchronized_layers(replicas[0].model)
+        if len(replicas) > 1 and synchronized:
+            raise ValueError(
+                f"HessianFree runs its CG loop over the {len(replicas)} replicas' batches "
+                "outside the replicas (cross-replica context), where the synchronized "
+                f"BatchNormalization layers {synchronized} cannot all-reduce their moments: "
+                "its objective would not be the one the gradient was taken of. Use "
+                "BatchNormalization(synchronized=False) (each replica normalizes its own share, "
+                "Keras's default) or one device."
+            )
         devices = (distribution.extended.worker_devices if tf.distribute.has_strategy()
                    else [None])
         gradient = flatten([distribution.experimental_local_results(g)[0] for g in grads])
@@ -309,19 +417,21 @@ class HessianFree(CurvatureOptimizer):
             vector = unflatten(vector, shapes)
             return summed(lambda head: flatten(self._product(head, vector)), heads)
 
-        value = objective(tf.zeros_like(gradient))
-        finite = tf.math.is_finite(value) & tf.reduce_all(tf.math.is_finite(gradient))
-        damping = tf.cast(self.damping, gradient.dtype)
-        warm_start = flatten([tf.convert_to_tensor(w) for w in self._warm_starts])
-        outcome = tf.cond(
-            finite,
-            lambda: self._solve(objective, curvature_product, replicas, summed, gradient,
-                                value, damping, warm_start),
-            lambda: self._rejection(gradient, damping))
-        step, solution, iterations, rho, new_damping, rate, reduction = outcome
-        self._apply(distribution, variables, unflatten(step, shapes),
-                    unflatten(solution, shapes), iterations, rho, new_damping, rate,
-                    reduction, finite)
+        per_example_squares = None
+        if self.preconditioner == "martens":
+            limit = self._preconditioner_examples_per_replica(replicas)
+            parts = [replica.head(self.curvature_fraction, limit) for replica in replicas]
+
+            def per_example_squares():
+                return summed(lambda part: flatten(self._with_split_hint(
+                    lambda: part.diagonal("empirical_fisher", chunk_size=self.chunk_size,
+                                          sum_over_replicas=False))), parts)
+
+        result = hessian_free_step(
+            objective, gradient, curvature_product, tf.cast(self.damping, gradient.dtype),
+            flatten([tf.convert_to_tensor(w) for w in self._warm_starts]), per_example_squares,
+            **{name: getattr(self, name) for name in STEP_SETTINGS})
+        self._apply(distribution, variables, shapes, result)
 
     def _product(self, head, vector):
         product = functools.partial(head.product, self.curvature, vector, sum_over_replicas=False)
@@ -340,41 +450,6 @@ class HessianFree(CurvatureOptimizer):
                 "other losses pass curvature='hessian' and preconditioner=None."
             ) from error
 
-    def _solve(self, objective, curvature_product, replicas, summed, gradient, value, damping,
-               warm_start):
-        preconditioner = None
-        if self.preconditioner == "martens":
-            limit = self._preconditioner_examples_per_replica(replicas)
-            parts = [replica.head(self.curvature_fraction, limit) for replica in replicas]
-            squares = summed(lambda part: flatten(self._with_split_hint(
-                lambda: part.diagonal("empirical_fisher", chunk_size=self.chunk_size,
-                                      sum_over_replicas=False))), parts)
-            preconditioner = (squares + damping) ** self.preconditioner_exponent
-        result = conjugate_gradient(
-            lambda v: curvature_product(v) + damping * v, -gradient,
-            self.warm_start_decay * warm_start, preconditioner,
-            max_iterations=self.max_cg_iterations, min_gap=self.cg_min_gap,
-            gap_ratio=self.cg_gap_ratio, tolerance=self.cg_tolerance,
-            save_first=self.backtrack_first, save_ratio=self.backtrack_ratio)
-        direction, value_at_direction, _ = backtrack(objective, result)
-        slope = tf.reduce_sum(gradient * direction)
-        # The undamped model: rho judges how well B (not B + lambda I) predicts f.
-        predicted = slope + 0.5 * tf.reduce_sum(direction * curvature_product(direction))
-        rho = (value_at_direction - value) / predicted
-        new_damping = adjust_damping(damping, rho, self.damping_increase, self.damping_decrease,
-                                     self.min_damping)
-        rate, _, accepted = armijo_line_search(
-            objective, direction, value, slope, value_at_direction,
-            self.line_search_sufficient, self.line_search_shrink, self.line_search_tries)
-        accepted &= tf.reduce_all(tf.math.is_finite(direction))
-        new_damping = tf.where(accepted, new_damping,
-                               tf.maximum(new_damping, damping * self.damping_increase))
-        step = tf.where(accepted, rate * direction, 0.0)
-        solution = tf.where(tf.reduce_all(tf.math.is_finite(result.solution)), result.solution,
-                            0.0)
-        return (step, solution, result.iterations, rho, new_damping,
-                tf.where(accepted, rate, 0.0), -predicted)
-
     def _preconditioner_examples_per_replica(self, replicas):
         """The cap on each replica's preconditioner examples; `None`: its whole curvature part."""
         examples = self.preconditioner_examples
@@ -384,14 +459,7 @@ class HessianFree(CurvatureOptimizer):
             examples = PER_EXAMPLE_PASS_EXAMPLES
         return math.ceil(examples / len(replicas))
 
-    def _rejection(self, gradient, damping):
-        zeros = tf.zeros_like(gradient)
-        nan = tf.constant(float("nan"), gradient.dtype)
-        return (zeros, zeros, tf.constant(0), nan, damping * self.damping_increase,
-                tf.zeros((), gradient.dtype), nan)
-
-    def _apply(self, distribution, variables, step, solution, iterations, rho, damping, rate,
-               reduction, finite):
+    def _apply(self, distribution, variables, shapes, result):
         def assign(variable, value):
             variable.assign(tf.cast(value, variable.dtype))
 
@@ -399,18 +467,19 @@ class HessianFree(CurvatureOptimizer):
             variable.assign_add(tf.cast(value, variable.dtype))
 
         update = distribution.extended.update
-        for variable, delta in zip(variables, step, strict=True):
+        for variable, delta in zip(variables, unflatten(result.step, shapes), strict=True):
             update(variable, add, args=(delta,), group=False)
-        for slot, value in zip(self._warm_starts, solution, strict=True):
+        for slot, value in zip(self._warm_starts, unflatten(result.solution, shapes),
+                               strict=True):
             update(slot.value, assign, args=(value,), group=False)
-        rejected = tf.cast(tf.equal(rate, 0.0), tf.float32)
-        for counter, value in ((self.damping, damping), (self.cg_iterations, iterations),
-                               (self.rho, rho), (self.step_size, rate),
-                               (self.model_reduction, reduction)):
+        for counter, value in ((self.damping, result.damping),
+                               (self.cg_iterations, result.cg_iterations), (self.rho, result.rho),
+                               (self.step_size, result.step_size),
+                               (self.model_reduction, result.model_reduction)):
             update(counter.value, assign, args=(value,), group=False)
-        update(self.rejected_steps.value, add, args=(rejected,), group=False)
-        update(self.skipped_steps.value, add, args=(1.0 - tf.cast(finite, tf.float32),),
-               group=False)
+        update(self.rejected_steps.value, add,
+               args=(tf.cast(tf.equal(result.step_size, 0.0), tf.float32),), group=False)
+        self.count_skipped_step(distribution, result.finite)
 
     def get_config(self):
         config = super().get_config()
@@ -421,20 +490,7 @@ class HessianFree(CurvatureOptimizer):
             "curvature_fraction": self.curvature_fraction,
             "preconditioner": self.preconditioner,
             "preconditioner_examples": self.preconditioner_examples,
-            "preconditioner_exponent": self.preconditioner_exponent,
-            "max_cg_iterations": self.max_cg_iterations,
-            "cg_tolerance": self.cg_tolerance,
-            "cg_min_gap": self.cg_min_gap,
-            "cg_gap_ratio": self.cg_gap_ratio,
-            "warm_start_decay": self.warm_start_decay,
-            "backtrack_first": self.backtrack_first,
-            "backtrack_ratio": self.backtrack_ratio,
-            "damping_increase": self.damping_increase,
-            "damping_decrease": self.damping_decrease,
-            "min_damping": self.min_damping,
-            "line_search_sufficient": self.line_search_sufficient,
-            "line_search_shrink": self.line_search_shrink,
-            "line_search_tries": self.line_search_tries,
             "chunk_size": self.chunk_size,
+            **{name: getattr(self, name) for name in STEP_SETTINGS},
         })
         return config

@@ -8,10 +8,8 @@ import tensorflow as tf
 from keras_secondorder import curvature as curvature_core
 from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.curvature import bbprop
-from keras_secondorder.optimizers.curvature_optimizer import (
-    DiagonalCurvatureOptimizer,
-    with_base_keyword_docs,
-)
+from keras_secondorder.optimizers.curvature_optimizer import with_base_keyword_docs
+from keras_secondorder.optimizers.diagonal_curvature_optimizer import DiagonalCurvatureOptimizer
 
 DIAGONALS = ("bbprop", "ggn", "ggn_mc")
 

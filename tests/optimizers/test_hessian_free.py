@@ -19,6 +19,7 @@ from keras_secondorder.optimizers.hessian_free import (
     adjust_damping,
     armijo_line_search,
     backtrack,
+    hessian_free_step,
 )
 
 RNG = np.random.default_rng(0)
@@ -158,6 +159,88 @@ def test_line_search_rejects_an_ascent_step_and_shrinks_an_overshoot():
                                                    tf.constant(-8.0), objective(overshoot))
     assert bool(accepted) and float(rate) == pytest.approx(0.8 ** 4)  # The first that passes.
     assert float(new_value) == pytest.approx((1 - 4 * 0.8 ** 4) ** 2)
+
+
+def quadratic_step(matrix, gradient, damping, scale=1.0, warm_start=None, **settings):
+    """`hessian_free_step` on `f(w + p) = 3 + gᵀp + ½ scale pᵀA p` with curvature products `A p`."""
+    matrix, gradient = tf.constant(matrix, tf.float64), tf.constant(gradient, tf.float64)
+
+    def objective(step):
+        return 3.0 + tf.reduce_sum(gradient * step) + 0.5 * scale * tf.reduce_sum(
+            step * tf.linalg.matvec(matrix, step))
+
+    return hessian_free_step(
+        objective, gradient, lambda v: tf.linalg.matvec(matrix, v),
+        tf.constant(damping, tf.float64),
+        tf.zeros_like(gradient) if warm_start is None else tf.constant(warm_start), **settings)
+
+
+def test_step_on_an_exact_quadratic_model_is_the_damped_newton_step():
+    # The curvature is the objective's Hessian: the step solves (A + lambda I) p = -g, the
+    # model predicts f exactly (rho = 1), lambda shrinks by 2/3 and the full step is taken.
+    matrix, gradient = spd_system(size=12)
+    result = quadratic_step(matrix, gradient, damping=0.5, cg_tolerance=1e-14)
+    expected = -np.linalg.solve(matrix + 0.5 * np.eye(12), gradient)
+    np.testing.assert_allclose(result.step, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(result.solution, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(result.rho, 1.0, rtol=1e-10)
+    np.testing.assert_allclose(result.damping, 0.5 * 2 / 3, rtol=1e-15)
+    np.testing.assert_allclose(result.model_reduction,
+                               -(gradient @ expected + 0.5 * expected @ matrix @ expected),
+                               rtol=1e-10)
+    assert float(result.step_size) == 1.0 and bool(result.finite)
+    # The damping floor holds through the step (in float64: it was a float32 rounding once).
+    floored = quadratic_step(matrix, gradient, damping=1.0, min_damping=0.9)
+    np.testing.assert_allclose(floored.damping, 0.9, rtol=1e-15)
+
+
+def test_step_on_an_underestimating_model_is_shortened_and_raises_damping():
+    # f's curvature is 4 A, the model's A = I: p = -g / (1 + lambda) overshoots. With
+    # t = |g|² / (1 + lambda): f(p) - f(0) = -t + 2 t / (1 + lambda), the model predicts
+    # -t + t / (2 (1 + lambda)); Armijo passes for a <= 0.99 (1 + lambda) / 2 = 0.4955: 0.8^4.
+    gradient = RNG.normal(size=6)
+    damping = 1e-3
+    result = quadratic_step(np.eye(6), gradient, damping, scale=4.0)
+    t = gradient @ gradient / (1 + damping)
+    rho = (-t + 2 * t / (1 + damping)) / (-t + t / (2 * (1 + damping)))
+    np.testing.assert_allclose(result.rho, rho, rtol=1e-12)
+    np.testing.assert_allclose(result.step_size, 0.8**4, rtol=1e-15)
+    np.testing.assert_allclose(result.step, -0.8**4 * gradient / (1 + damping), rtol=1e-12)
+    np.testing.assert_allclose(result.damping, 1.5 * damping, rtol=1e-15)
+
+
+def test_step_uses_martens_preconditioner_and_the_warm_start():
+    # A diagonal A and M = (squares + lambda)^1 = A + lambda I: one preconditioned CG iteration
+    # is the exact solve, where one plain iteration is a steepest-descent step.
+    diagonal, gradient, damping = np.geomspace(1.0, 100.0, 8), RNG.normal(size=8), 0.1
+    expected = -gradient / (diagonal + damping)
+    preconditioned = quadratic_step(np.diag(diagonal), gradient, damping, max_cg_iterations=1,
+                                    preconditioner_exponent=1.0,
+                                    per_example_squares=lambda: tf.constant(diagonal))
+    np.testing.assert_allclose(preconditioned.step, expected, rtol=1e-12)
+    plain = quadratic_step(np.diag(diagonal), gradient, damping, max_cg_iterations=1)
+    assert np.max(np.abs(plain.step - expected)) > 0.1 * np.max(np.abs(expected))
+    # CG starts from 0.95 times the warm start: from the solution it stays there.
+    matrix, gradient = spd_system(size=12)
+    expected = -np.linalg.solve(matrix + damping * np.eye(12), gradient)
+    warm = quadratic_step(matrix, gradient, damping, warm_start=expected / 0.95,
+                          max_cg_iterations=1)
+    np.testing.assert_allclose(warm.solution, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_non_finite_gradient_rejects_the_step_before_any_curvature_work():
+    calls = []
+
+    def squares():
+        calls.append(1)
+        return tf.ones(3, tf.float64)
+
+    result = quadratic_step(np.eye(3), [1.0, float("nan"), 0.0], damping=2.0,
+                            per_example_squares=squares)
+    assert not bool(result.finite) and calls == []
+    assert np.all(result.step.numpy() == 0.0) and np.all(result.solution.numpy() == 0.0)
+    assert float(result.damping) == 3.0 and float(result.step_size) == 0.0
+    assert int(result.cg_iterations) == 0 and np.isnan(result.rho)
 
 
 LSQ_X = RNG.normal(size=(200, 5))
