@@ -1,9 +1,12 @@
-"""Trains a small model with SDLM, ESGD and HessianFree, saves the weights: a test worker.
+"""Trains small models with SDLM, ESGD and HessianFree, saves the weights: a test worker.
 
-Usage: python distributed_run.py OUTPUT {single,mirrored,multiworker}. The multi-worker mode reads
-TF_CONFIG; the mirrored mode splits the CPU into two logical devices.
+Usage: python distributed_run.py OUTPUT {single,mirrored,multiworker,refusals}. The multi-worker
+mode reads TF_CONFIG; the mirrored and refusals modes split the CPU into two logical devices.
+The refusals mode writes, as JSON, the errors of the optimizers that cannot take curvature
+through a synchronized BatchNormalization across replicas.
 """
 
+import json
 import os
 import sys
 
@@ -30,8 +33,37 @@ def train_loop(model, strategy, data, epochs):
     return losses
 
 
+def synchronized_batch_norm_net():
+    """A conv net with BatchNormalization over the global batch (moments all-reduced)."""
+    return ks.wrap(keras.Sequential([
+        keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3),
+        keras.layers.BatchNormalization(synchronized=True, name="global_moments"),
+        keras.layers.Activation("tanh"),
+        keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")]))
+
+
+def images(rng):
+    x = rng.normal(size=(64, 6, 6, 2))
+    return tf.data.Dataset.from_tensor_slices((x, rng.integers(0, 3, 64).astype("float64")))
+
+
+def refusals(strategy, output):
+    errors = {}
+    for name, optimizer in (("sdlm", lambda: ks.optimizers.SDLM(0.05, diagonal="ggn")),
+                            ("hf", lambda: ks.optimizers.HessianFree(curvature_fraction=1.0))):
+        with strategy.scope():
+            model = synchronized_batch_norm_net()
+            model.compile(optimizer(), "sparse_categorical_crossentropy")
+        try:
+            model.fit(images(np.random.default_rng(0)).batch(GLOBAL_BATCH), verbose=0)
+        except ValueError as error:
+            errors[name] = str(error)
+    with open(output, "w") as file:
+        json.dump(errors, file)
+
+
 def main(output, mode):
-    if mode == "mirrored":
+    if mode in ("mirrored", "refusals"):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -40,6 +72,8 @@ def main(output, mode):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         strategy = tf.distribute.get_strategy()
+    if mode == "refusals":
+        return refusals(strategy, output)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 6)).astype("float32")
     y = rng.integers(0, 3, 64).astype("float32")  # MWMS reduces a sample batch: floats.
@@ -79,6 +113,22 @@ def main(output, mode):
         for index, weight in enumerate(model.get_weights()):
             results[f"{name}_{index}"] = weight
         results[f"{name}_loss"] = np.array(losses, dtype=keras.config.floatx())
+    if mode != "multiworker":
+        # Training-mode BatchNormalization over the global batch: each replica's Hessian
+        # products all-reduce the moments inside the forward pass (ESGD computes them on every
+        # step for that), in float64 so that the comparison is of the method, not of rounding.
+        keras.config.set_floatx("float64")
+        keras.config.set_dtype_policy("float64")
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = synchronized_batch_norm_net()
+            model.compile(ks.optimizers.EquilibratedSGD(0.05, update_every=2, damping=0.01),
+                          "sparse_categorical_crossentropy")
+        history = model.fit(images(rng).batch(GLOBAL_BATCH).with_options(options), epochs=2,
+                            verbose=0).history
+        for index, weight in enumerate(model.get_weights()):  # BatchNorm's moving moments too.
+            results[f"bn_esgd_{index}"] = weight
+        results["bn_esgd_loss"] = np.array(history["loss"], dtype="float64")
     np.savez(output, **results)
 
 

@@ -44,9 +44,23 @@ def assert_same_training(actual, expected, keys=None):
 
 
 def test_mirrored_strategy_on_two_devices_matches_one_device(tmp_path):
+    # Includes a conv net with a synchronized BatchNormalization in training mode (bn_esgd_*).
     run(tmp_path / "single.npz", "single")
     run(tmp_path / "mirrored.npz", "mirrored")
     assert_same_training(tmp_path / "mirrored.npz", tmp_path / "single.npz")
+
+
+def test_curvature_that_cannot_all_reduce_batch_norm_moments_is_refused(tmp_path):
+    # Per-example diagonals (SDLM) and HessianFree's cross-replica CG loop cannot all-reduce a
+    # synchronized BatchNormalization's moments: each says so, naming the layer and the fixes.
+    run(tmp_path / "errors.json", "refusals")
+    errors = json.loads((tmp_path / "errors.json").read_text())
+    assert sorted(errors) == ["hf", "sdlm"]
+    for message in errors.values():
+        assert "synchronized BatchNormalization layers ['global_moments']" in message
+        assert "BatchNormalization(synchronized=False)" in message and "one device" in message
+    assert errors["sdlm"].startswith("The 'ggn' curvature diagonal cannot be taken across 2")
+    assert errors["hf"].startswith("HessianFree runs its CG loop over the 2 replicas' batches")
 
 
 def free_ports(count):
@@ -75,6 +89,6 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(tmp_path):
             process.kill()
     # The weights: the workers log their loss from a custom loop, not fit's (see the script).
     weights = [key for key in np.load(tmp_path / "single.npz").files
-               if "loss" not in key and not key.startswith("hf")]
+               if "loss" not in key and not key.startswith(("hf", "bn"))]
     for index in range(2):
         assert_same_training(tmp_path / f"worker{index}.npz", tmp_path / "single.npz", weights)

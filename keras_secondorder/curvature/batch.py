@@ -3,11 +3,24 @@
 import copy
 import math
 
+import keras
 import tensorflow as tf
 
+from keras_secondorder._keras_compat import all_layers
 from keras_secondorder.curvature import kinds
 from keras_secondorder.curvature.diagonal import batch_diagonal
 from keras_secondorder.curvature.objective import Batch, Objective, as_batch, batch_size
+
+
+def synchronized_layers(model):
+    """The names of `model`'s layers whose forward pass all-reduces across replicas.
+
+    A `BatchNormalization(synchronized=True)` in training mode takes its moments over the global
+    batch: an all-reduce inside the forward pass, which `tf.distribute` cannot run inside
+    `tf.cond` or `tf.while_loop`, nor in cross-replica context.
+    """
+    return [layer.name for layer in all_layers(model)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
 
 
 class BatchCurvature:
@@ -101,6 +114,18 @@ class BatchCurvature:
     def diagonal(self, method="ggn", samples=1, seed=(0, 0), chunk_size=64,
                  sum_over_replicas=True):
         """A diagonal estimate (see `keras_secondorder.curvature.diagonal` for the methods)."""
+        context = tf.distribute.get_replica_context()
+        synchronized = synchronized_layers(self.model)
+        if context is not None and context.num_replicas_in_sync > 1 and synchronized:
+            raise ValueError(
+                f"The {method!r} curvature diagonal cannot be taken across "
+                f"{context.num_replicas_in_sync} replicas through the synchronized "
+                f"BatchNormalization layers {synchronized}: its per-example backward passes "
+                "(vectorized Jacobians, loops over draws) cannot all-reduce their moments. "
+                "Use BatchNormalization(synchronized=False) (each replica normalizes its own "
+                "share, Keras's default), EquilibratedSGD (Hessian products, which work with "
+                "synchronized layers), or one device."
+            )
         return self._result(batch_diagonal(self.objective, self.batch, method, samples=samples,
                                            seed=seed, chunk_size=chunk_size), sum_over_replicas)
 
@@ -117,8 +142,15 @@ class BatchCurvature:
 
         `compute` must ask for its products with `sum_over_replicas=False`.
         """
-        local = tf.cond(condition, compute,
-                        lambda: [tf.zeros(v.shape, v.dtype) for v in self.variables])
+        context = tf.distribute.get_replica_context()
+        if (context is not None and context.num_replicas_in_sync > 1
+                and synchronized_layers(self.model)):
+            # A synchronized BatchNormalization all-reduces inside the forward pass, which
+            # tf.distribute cannot do inside a tf.cond: compute on every step, keep if condition.
+            local = [tf.where(condition, value, tf.zeros_like(value)) for value in compute()]
+        else:
+            local = tf.cond(condition, compute,
+                            lambda: [tf.zeros(v.shape, v.dtype) for v in self.variables])
         return self.sum_over_replicas(local)
 
     def _result(self, values, sum_over_replicas):
