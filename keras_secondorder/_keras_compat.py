@@ -191,6 +191,76 @@ def layers_in_variable_dtype(model):
         yield
 
 
+
+_interceptions = threading.local()  # .current: (ids of the intercepted layers, intercept)
+
+
+def _intercepting_call(layer):
+    """`layer.call`, or this thread's intercept of it while `intercepted_calls` is open."""
+    original = type(layer).call.__get__(layer)
+
+    def call(*args, **kwargs):
+        current = getattr(_interceptions, "current", None)
+        if current is None or id(layer) not in current[0]:
+            return original(*args, **kwargs)
+        return current[1](layer, original, *args, **kwargs)
+
+    return call
+
+
+@contextlib.contextmanager
+def intercepted_calls(layers, intercept):
+    """Routes this thread's calls of `layers` to `intercept(layer, call, *args, **kwargs)`.
+
+    `call` is the layer's own `call`. Other threads (another replica's trace) keep calling the
+    layers as they are: the instance attribute installed here dispatches by thread, and is
+    installed by the first entrant and removed by the last.
+    """
+    previous = getattr(_interceptions, "current", None)
+    _interceptions.current = ({id(layer) for layer in layers}, intercept)
+    try:
+        with contextlib.ExitStack() as stack:
+            for layer in layers:
+                stack.enter_context(_shared_instance_call(layer))
+            yield
+    finally:
+        _interceptions.current = previous
+
+
+@contextlib.contextmanager
+def _shared_instance_call(layer):
+    key = (id(layer), "call")
+    with _LOCK:
+        if key in _patches:
+            _patches[key][0] += 1
+        else:
+            _patches[key] = [1, None]
+            # Bypasses Layer.__setattr__'s tracking: a function, not a layer or a variable.
+            layer.__dict__["call"] = _intercepting_call(layer)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _patches[key][0] -= 1
+            if _patches[key][0] == 0:
+                del _patches[key]
+                del layer.__dict__["call"]
+
+
+def with_linear_activation(layer):
+    """A shallow copy of `layer` (same variables) whose `activation` is linear.
+
+    A copy, not a temporary change of `layer.activation`: another thread tracing the model at
+    the same time (a `MirroredStrategy` replica) must see the layer as it is. The attributes
+    are copied by hand: copy.copy would pickle the layer (Keras's `__reduce__` saves its
+    weights, which a trace cannot).
+    """
+    linear = object.__new__(type(layer))
+    linear.__dict__.update(layer.__dict__, activation=keras.activations.linear)
+    linear.__dict__.pop("call", None)  # Not an intercepted call of the original.
+    return linear
+
+
 # Optimizers.
 
 def unwrap_optimizer(optimizer):

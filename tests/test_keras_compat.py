@@ -214,3 +214,29 @@ def test_concurrent_traces_of_training_mode_batchnorm_curvature_are_exact(float6
         assert relative_error(result, expected) <= 1e-10
     assert backend_nn._compute_moments is original
     assert not model._losses_override
+
+
+def test_keras_layer_call_goes_through_an_instance_call_attribute():
+    # intercepted_calls installs `call` in the layer's __dict__, which Layer.__call__ must use;
+    # in this thread only, and it is gone afterwards.
+    layer = keras.layers.Dense(2, activation="tanh")
+    x = np.ones((1, 3), "float32")
+    layer(x)
+    seen = []
+
+    def intercept(layer, call, inputs):
+        seen.append(threading.current_thread().name)
+        return call(inputs) * 0.0
+
+    other = {}
+    with compat.intercepted_calls([layer], intercept):
+        intercepted = layer(x)
+        thread = threading.Thread(target=lambda: other.update(result=layer(x)), name="other")
+        thread.start()
+        thread.join(20)
+    assert np.all(intercepted.numpy() == 0.0) and seen == [threading.current_thread().name]
+    assert np.any(other["result"].numpy() != 0.0)  # The other thread called the layer itself.
+    assert "call" not in layer.__dict__
+    linear = compat.with_linear_activation(layer)
+    np.testing.assert_allclose(layer(x), np.tanh(linear(x)), rtol=1e-6)
+    assert linear.kernel is layer.kernel and layer.activation is keras.activations.tanh

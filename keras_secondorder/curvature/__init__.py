@@ -4,11 +4,12 @@ Products (lists of tensors shaped like the trainable variables, traceable in `tf
 compilable with `jit_compile=True`): `hessian_vector_product`,
 `finite_difference_hessian_vector_product`, `gauss_newton_vector_product`,
 `fisher_vector_product`. Operators (`tf.linalg.LinearOperator` over the flat parameters):
-`HessianOperator`, `GGNOperator`, `FisherOperator`. Diagonals: `diagonal`. Dense references of
-small models: `keras_secondorder.curvature.dense`.
+`HessianOperator`, `GGNOperator`, `FisherOperator`. Diagonals: `diagonal`. Kronecker-factored
+blocks (K-FAC): `kronecker`. Dense references of small models:
+`keras_secondorder.curvature.dense`.
 """
 
-from keras_secondorder.curvature import bbprop, dense, gradient_squares, kinds
+from keras_secondorder.curvature import bbprop, dense, gradient_squares, kinds, kronecker
 from keras_secondorder.curvature.batch import BatchCurvature
 from keras_secondorder.curvature.diagonal import batch_diagonal, diagonal
 from keras_secondorder.curvature.fisher import FisherOperator, fisher_vector_product
@@ -45,5 +46,6 @@ __all__ = [
     "gradient_squares",
     "hessian_vector_product",
     "kinds",
+    "kronecker",
     "unflatten",
 ]

@@ -47,6 +47,7 @@ from keras_secondorder._keras_compat import (
     Functional,
     call_has_training_arg,
     inbound_node_count,
+    with_linear_activation,
 )
 from keras_secondorder.curvature.output_losses import rows
 from keras_secondorder.curvature.output_space import penalty_diagonal
@@ -272,18 +273,8 @@ class PreActivation:
 
 
 def _without_activation(layer):
-    """`layer`, or for an affine one a shallow copy (same variables) with a linear activation.
-
-    A copy, not a temporary change of `layer.activation`: another thread tracing the model at
-    the same time (a `MirroredStrategy` replica) must see the layer as it is.
-    """
-    if not rule_for(layer).affine:
-        return layer
-    # The attributes copied by hand: copy.copy would pickle the layer (Keras's __reduce__
-    # saves its weights, which a trace cannot).
-    linear = object.__new__(type(layer))
-    linear.__dict__.update(layer.__dict__, activation=keras.activations.linear)
-    return linear
+    """`layer`, or for an affine one a copy (same variables) with a linear activation."""
+    return with_linear_activation(layer) if rule_for(layer).affine else layer
 
 
 def _vjp(function, primals, cotangent):

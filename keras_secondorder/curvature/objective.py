@@ -1,6 +1,7 @@
 """The objective `model.fit` minimizes on a batch, as a pure function of the trainable weights."""
 
 import collections
+import copy
 
 import keras
 import tensorflow as tf
@@ -140,6 +141,14 @@ class Objective:
     def num_parameters(self):
         """The number of scalar parameters the curvature is taken over."""
         return sum(tf.TensorShape(variable.shape).num_elements() for variable in self.variables)
+
+    def restricted(self, variables):
+        """The same objective with the curvature taken over `variables` (a subset) only."""
+        restricted = copy.copy(self)
+        positions = {id(v): p for v, p in zip(self.variables, self._positions, strict=True)}
+        restricted.variables = list(variables)
+        restricted._positions = [positions[id(v)] for v in variables]
+        return restricted
 
     def params(self):
         """The current values of `variables`, as the list of tensors products are taken at."""

@@ -1,0 +1,328 @@
+"""Kronecker-factored blocks of the Gauss-Newton / Fisher matrix (K-FAC).
+
+A layer whose pre-activation is `s = Wᵀ ā` (`ā = [a; 1]`: its input, with a 1 appended for the
+bias, so kernel and bias are one matrix `W`) has the Gauss-Newton block
+
+    G_W = sum_n c_n (ā_n ā_nᵀ) ⊗ (J_nᵀ H_n J_n),      J_n = ∂z_n/∂s_n
+
+(`c_n` the objective's weight of example `n`, `H_n` the loss Hessian at the outputs `z_n`).
+K-FAC (Martens & Grosse 2015) replaces the expectation of the Kronecker product by the
+Kronecker product of the expectations:
+
+    G_W ≈ A ⊗ G,    A = sum_n w_n ā_n ā_nᵀ,    G = sum_n c_n J_nᵀ H_n J_n
+
+with `w_n` the sample weights normalized to sum to 1 (so that `A ⊗ G` has `G_W`'s scale). As a
+matrix acting on `W` (shape `(inputs + 1, units)`): `V -> A V G`. A convolution uses its
+weights at every position `t` (Grosse & Martens 2016, KFC): `ā_nt` are the input patches, and
+with spatially uncorrelated derivatives
+
+    A = sum_n w_n sum_t ā_nt ā_ntᵀ,    G = sum_n c_n (1/T) sum_t g_nt g_ntᵀ,
+
+which is also how a Dense layer on rank-3 inputs (a sequence) and a layer called several times
+are treated. `G` comes from output-space factors `r_nf` with `sum_f r_nf r_nfᵀ = H_n`: each
+factor's per-example pre-activation gradients `g_nf = J_nᵀ r_nf` are one backward pass of
+`sum_n sqrt(c_n) r_nfᵀ z_n` (`fisher=`):
+
+- `"exact"`: the columns of a square root of `H_n`, closed form (`output_losses`): one backward
+  pass per output unit.
+- `"sampled"` (Martens & Grosse's true Fisher): one draw with `E[r rᵀ] = H_n`, the loss
+  gradient at a label drawn from the model's predictive distribution: one backward pass per
+  sample.
+- `"empirical"`: the loss gradient at the true label (the empirical Fisher).
+
+Every other trainable variable (BatchNormalization's scale and shift, custom layers, a layer
+whose weights are only partly in the objective) gets a diagonal block: the same curvature's
+diagonal from `diagonal` (`"ggn"`, `"ggn_mc"` or `"empirical_fisher"`). Weight penalties
+(`model.losses`) are not in the factors; K-FAC optimizers fold them into the damping.
+
+Each supported layer class has one `KroneckerRule` (`register_rule`, as bbprop's rules):
+`Dense` and `Conv2D` (channels last, no groups) here.
+"""
+
+import math
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from keras_secondorder._keras_compat import all_layers, intercepted_calls, with_linear_activation
+from keras_secondorder._validation import one_of
+from keras_secondorder.curvature.diagonal import batch_diagonal
+from keras_secondorder.curvature.output_losses import rows
+
+FISHERS = ("exact", "sampled", "empirical")
+_DIAGONAL_METHODS = {"exact": "ggn", "sampled": "ggn_mc", "empirical": "empirical_fisher"}
+_ZERO = tf.UnconnectedGradients.ZERO
+
+
+class KroneckerRule:
+    """How one kind of layer maps to a Kronecker block: its inputs `ā` and its weight matrix.
+
+    The layer computes `activation(s)` with `s` linear in its kernel (and bias), every position
+    `t` of `s` being `Wᵀ ā_t` for the input vector `ā_t` that `inputs` returns.
+    """
+
+    def supports(self, layer):
+        """Whether this layer's settings are covered (else its weights get diagonal blocks)."""
+        return True
+
+    def inputs(self, layer, x):
+        """The input vectors `a_nt` (without the bias's 1), shape `(N, T, inputs)`."""
+        raise NotImplementedError
+
+    def kernel_shape(self, layer):
+        """The kernel's shape, which `(inputs, units)` is a reshape of."""
+        return tuple(layer.kernel.shape)
+
+
+class DenseRule(KroneckerRule):
+    """`s = x W + b` on the last axis; leading axes after the first are positions."""
+
+    def inputs(self, layer, x):
+        return tf.reshape(x, [tf.shape(x)[0], -1, x.shape[-1]])
+
+
+class Conv2DRule(KroneckerRule):
+    """KFC: `ā_nt` is the patch the kernel sees at output position `t` (channels last)."""
+
+    def supports(self, layer):
+        return layer.data_format == "channels_last" and layer.groups == 1
+
+    def inputs(self, layer, x):
+        patches = tf.image.extract_patches(
+            x, sizes=[1, *layer.kernel_size, 1], strides=[1, *layer.strides, 1],
+            rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper())
+        return tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-1]])
+
+
+_RULES = {}
+
+
+def register_rule(layer_class, rule):
+    """Makes K-FAC give layers of `layer_class` (whose `call` it keeps) a Kronecker block."""
+    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
+        raise ValueError(f"`layer_class` must be a keras.layers.Layer subclass; received "
+                         f"{layer_class!r}.")
+    if not isinstance(rule, KroneckerRule):
+        raise ValueError(f"`rule` must be a kronecker.KroneckerRule instance; received "
+                         f"{rule!r}.")
+    _RULES[layer_class] = rule
+
+
+def rule_for(layer):
+    """The `KroneckerRule` of `layer`, or `None` (its weights then get diagonal blocks)."""
+    for base in type(layer).__mro__:
+        if base in _RULES and type(layer).call is base.call:
+            rule = _RULES[base]
+            return rule if rule.supports(layer) else None
+    return None
+
+
+register_rule(keras.layers.Dense, DenseRule())
+register_rule(keras.layers.Conv2D, Conv2DRule())
+
+
+class KroneckerBlock(NamedTuple):
+    """One layer's block `A ⊗ G`.
+
+    Attributes:
+        layer: the layer.
+        indices: the positions of its kernel (and bias) among the objective's variables.
+        a: `A`, shape `(inputs + 1, inputs + 1)` with a bias (`(inputs, inputs)` without).
+        g: `G`, shape `(units, units)`.
+    """
+
+    layer: keras.layers.Layer
+    indices: tuple
+    a: tf.Tensor
+    g: tf.Tensor
+
+
+class KroneckerFactors(NamedTuple):
+    """The block-diagonal K-FAC approximation of a curvature matrix on one batch.
+
+    Attributes:
+        blocks: the `KroneckerBlock`s.
+        diagonal_indices: the positions of the other variables among the objective's.
+        diagonals: their diagonal blocks, shaped like those variables.
+    """
+
+    blocks: tuple
+    diagonal_indices: tuple
+    diagonals: tuple
+
+
+def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
+    """The K-FAC factors of the Gauss-Newton / Fisher matrix of `objective` on one `Batch`.
+
+    Args:
+        objective: an `Objective` (its variables are the ones the factors cover).
+        batch: a `Batch`.
+        fisher: `"exact"`, `"sampled"` or `"empirical"` (see the module's docstring).
+        seed: the stateless seed pair of the `"sampled"` draw.
+
+    Returns:
+        `KroneckerFactors`.
+
+    Raises:
+        ValueError: the loss has no Gauss-Newton split (lists the supported losses).
+    """
+    one_of(fisher, "fisher", FISHERS)
+    layers = _blocked_layers(objective)
+    params = objective.params()
+    recorded = {id(layer): [] for layer in layers}
+
+    def intercept(layer, call, inputs, *args, **kwargs):
+        # s = the layer without its activation; the activation applied as the layer would.
+        pre_activation = type(layer).call(with_linear_activation(layer), inputs, *args, **kwargs)
+        recorded[id(layer)].append((inputs, pre_activation))
+        return layer.activation(pre_activation)
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(params)
+        with intercepted_calls(layers, intercept):
+            y_pred, _ = objective.forward(params, batch.x)
+        output_loss = objective.output_loss(batch, y_pred)
+        z_rows = rows(output_loss.split(y_pred))
+        fixed = tf.stop_gradient(z_rows)
+        scale = tf.sqrt(output_loss.row_weights(batch.y, fixed, batch.sample_weight))[:, None]
+        projections = [tf.reduce_sum(tf.stop_gradient(scale * factor) * z_rows)
+                       for factor in _output_factors(fisher, output_loss, batch, fixed, seed)]
+    pre_activations = [[s for _, s in recorded[id(layer)]] for layer in layers]
+    sums = [None] * len(layers)
+    for projection in projections:  # sum_n c_n sum_f sum_t g_ntf g_ntfᵀ per layer.
+        gradients = tape.gradient(projection, pre_activations, unconnected_gradients=_ZERO)
+        for index, calls in enumerate(gradients):
+            g = tf.concat([tf.reshape(g, [tf.shape(g)[0], -1, g.shape[-1]]) for g in calls],
+                          axis=1)
+            outer = tf.einsum("nto,ntp->op", g, g)
+            sums[index] = outer if sums[index] is None else sums[index] + outer
+    del tape
+    example_weights = _example_weights(batch, params[0].dtype)
+    positions = {id(v): index for index, v in enumerate(objective.variables)}
+    blocks = []
+    for layer, total in zip(layers, sums, strict=True):
+        rule = rule_for(layer)
+        inputs = tf.concat([rule.inputs(layer, x) for x, _ in recorded[id(layer)]], axis=1)
+        if layer.use_bias:
+            inputs = tf.concat([inputs, tf.ones_like(inputs[..., :1])], axis=-1)
+        a = tf.einsum("n,nti,ntj->ij", example_weights, inputs, inputs)
+        count = tf.cast(tf.shape(inputs)[1], total.dtype)  # T, positions per example.
+        indices = tuple(positions[id(v)] for v in _block_variables(layer))
+        blocks.append(KroneckerBlock(layer, indices, a, total / count))
+    covered = {index for block in blocks for index in block.indices}
+    diagonal_indices = tuple(i for i in range(len(objective.variables)) if i not in covered)
+    diagonals = ()
+    if diagonal_indices:
+        rest = objective.restricted([objective.variables[i] for i in diagonal_indices])
+        diagonals = tuple(batch_diagonal(rest, batch, _DIAGONAL_METHODS[fisher], seed=seed))
+    return KroneckerFactors(tuple(blocks), diagonal_indices, diagonals)
+
+
+def _block_variables(layer):
+    return [layer.kernel, layer.bias] if layer.use_bias else [layer.kernel]
+
+
+def _blocked_layers(objective):
+    """The layers with a rule whose trainable variables are all, and only, kernel and bias."""
+    variables = {id(v) for v in objective.variables}
+    layers = []
+    for layer in all_layers(objective.model):
+        if rule_for(layer) is None or not layer.trainable:
+            continue
+        own = _block_variables(layer)
+        if ({id(v) for v in layer.trainable_variables} == {id(v) for v in own}
+                and all(id(v) in variables for v in own)):
+            layers.append(layer)
+    return layers
+
+
+def _output_factors(fisher, output_loss, batch, z, seed):
+    if fisher == "exact":
+        return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
+    if fisher == "sampled":
+        return [output_loss.sample_hessian_sqrt(z, tf.cast(seed, tf.int64))]
+    return [output_loss.row_gradients(batch.y, z)]
+
+
+def _example_weights(batch, dtype):
+    """`w_n`: the sample weights (1 if none) normalized to sum to 1."""
+    size = tf.shape(tf.nest.flatten(batch.x)[0])[0]
+    if batch.sample_weight is None:
+        return tf.fill([size], 1.0 / tf.cast(size, dtype))
+    weights = tf.cast(tf.reshape(batch.sample_weight, [size, -1]), dtype)
+    weights = tf.reduce_mean(weights, axis=1)
+    return weights / tf.reduce_sum(weights)
+
+
+def _as_matrix(block, vector):
+    """The block's variables' parts of `vector` as one `(inputs [+ 1], units)` matrix."""
+    kernel = vector[block.indices[0]]
+    matrix = tf.reshape(kernel, [-1, kernel.shape[-1]])
+    if len(block.indices) == 2:
+        matrix = tf.concat([matrix, vector[block.indices[1]][None]], axis=0)
+    return matrix
+
+
+def _from_matrix(block, matrix, vector):
+    """`matrix` split back into the block's variables' shapes (the result's entries)."""
+    kernel = vector[block.indices[0]]
+    parts = {block.indices[0]: tf.reshape(matrix[:math.prod(kernel.shape[:-1])], kernel.shape)}
+    if len(block.indices) == 2:
+        parts[block.indices[1]] = matrix[-1]
+    return parts
+
+
+def apply(factors, vector):
+    """`v -> (block-diagonal K-FAC matrix) v`, `vector` a list shaped like the variables.
+
+    Kronecker blocks: `V -> A V G`; diagonal blocks: `v -> d ⊙ v`.
+    """
+    result = {}
+    for block in factors.blocks:
+        result.update(_from_matrix(block, block.a @ _as_matrix(block, vector) @ block.g, vector))
+    for index, diagonal in zip(factors.diagonal_indices, factors.diagonals, strict=True):
+        result[index] = diagonal * vector[index]
+    return [result[index] for index in range(len(vector))]
+
+
+def factored_damping(a, g, damping):
+    """Martens & Grosse's factored Tikhonov damping: `(π sqrt(λ), sqrt(λ) / π)`.
+
+    `(A + π sqrt(λ) I) ⊗ (G + sqrt(λ)/π I)` approximates `A ⊗ G + λ I` (the cross term
+    `λ I ⊗ I` is exact, the others are the price of keeping the inverse Kronecker-factored), and
+    `π = sqrt((tr A / dim A) / (tr G / dim G))` balances the two factors' scales, which
+    minimizes the norm of those other terms. A zero trace gives `π = 1`.
+    """
+    mean_a = tf.linalg.trace(a) / tf.cast(tf.shape(a)[0], a.dtype)
+    mean_g = tf.linalg.trace(g) / tf.cast(tf.shape(g)[0], g.dtype)
+    pi = tf.where((mean_a > 0) & (mean_g > 0),
+                  tf.sqrt(mean_a / tf.where(mean_g > 0, mean_g, 1.0)), 1.0)
+    root = tf.sqrt(_as_tensor(damping, a.dtype))
+    return pi * root, root / pi
+
+
+def solve(factors, vector, damping):
+    """`v -> (damped K-FAC matrix)⁻¹ v`: each block's damped inverse applied to `vector`.
+
+    Kronecker blocks: `V -> (A + π sqrt(λ) I)⁻¹ V (G + sqrt(λ)/π I)⁻¹` (`factored_damping`),
+    by Cholesky solves; diagonal blocks: `v / (d + λ)`.
+    """
+    result = {}
+    for block in factors.blocks:
+        damping_a, damping_g = factored_damping(block.a, block.g, damping)
+        a = block.a + damping_a * tf.eye(tf.shape(block.a)[0], dtype=block.a.dtype)
+        g = block.g + damping_g * tf.eye(tf.shape(block.g)[0], dtype=block.g.dtype)
+        left = tf.linalg.cholesky_solve(tf.linalg.cholesky(a), _as_matrix(block, vector))
+        # (left G⁻¹) = (G⁻¹ leftᵀ)ᵀ, G symmetric.
+        solved = tf.transpose(tf.linalg.cholesky_solve(tf.linalg.cholesky(g),
+                                                       tf.transpose(left)))
+        result.update(_from_matrix(block, solved, vector))
+    for index, diagonal in zip(factors.diagonal_indices, factors.diagonals, strict=True):
+        result[index] = vector[index] / (diagonal + _as_tensor(damping, diagonal.dtype))
+    return [result[index] for index in range(len(vector))]
+
+
+def _as_tensor(value, dtype):
+    # tf.cast would round a Python float to float32 before casting it to float64.
+    return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)

@@ -1,0 +1,189 @@
+"""K-FAC's Kronecker factors against per-example dense computations (float64)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import MODELS, make_case, random_like
+
+from keras_secondorder import curvature
+from keras_secondorder.curvature import dense, kronecker
+from keras_secondorder.curvature.objective import Objective, as_batch
+
+
+def factors(model, x, y, weights, fisher="exact", seed=(0, 0)):
+    return kronecker.kronecker_factors(Objective(model), as_batch((x, y, weights)), fisher,
+                                       seed)
+
+
+def forward_pieces(model, x, kind):
+    """Per layer with a block: its input vectors ā_nt (N, T, d) and the map s -> z (TF)."""
+    if kind == "mlp":
+        (w1, b1), (w2, b2) = [layer.get_weights() for layer in model.layers]
+        hidden = np.tanh(x @ w1 + b1)
+        first = np.c_[x, np.ones(len(x))][:, None]
+        second = np.c_[hidden, np.ones(len(x))][:, None]
+        to_z = [lambda s: tf.tanh(s) @ w2 + b2, lambda s: s]
+        return [first, second], [x @ w1 + b1, hidden @ w2 + b2], to_z
+    conv, _, _, last = model.layers
+    kernel, bias = conv.get_weights()
+    w, b = last.get_weights()
+    patches = np.stack([x[:, i:i + 3, j:j + 3, :].reshape(len(x), -1)
+                        for i in range(4) for j in range(4)], axis=1)  # (N, 16, 9): (i, j, c)
+    conv_out = (patches @ kernel.reshape(9, 2) + bias).reshape(-1, 4, 4, 2)
+    pooled = np.tanh(conv_out).reshape(-1, 2, 2, 2, 2, 2).mean(axis=(2, 4)).reshape(len(x), -1)
+
+    def conv_to_z(s):
+        pooled = tf.reshape(tf.reduce_mean(tf.reshape(tf.tanh(s), [-1, 2, 2, 2, 2, 2]),
+                                           axis=[2, 4]), [-1, 8])
+        return pooled @ w + b
+
+    inputs = [np.concatenate([patches, np.ones((len(x), 16, 1))], axis=-1),
+              np.c_[pooled, np.ones(len(x))][:, None]]
+    return inputs, [conv_out, pooled @ w + b], [conv_to_z, lambda s: s]
+
+
+def output_factors(loss_name, z, y, fisher):
+    """Per example, the output-space factors r_nf (columns) with sum_f r rᵀ = C_n."""
+    if loss_name == "ce":
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        if fisher == "empirical":
+            return (p - y)[:, :, None]
+        hessians = np.stack([np.diag(q) - np.outer(q, q) for q in p])
+    else:
+        k = z.shape[1]
+        if fisher == "empirical":
+            return (2.0 / k * (z - y))[:, :, None]
+        hessians = np.stack([2.0 / k * np.eye(k)] * len(z))
+    values, vectors = np.linalg.eigh(hessians)
+    return vectors * np.sqrt(np.clip(values, 0, None))[:, None, :]
+
+
+@pytest.mark.parametrize("fisher", ["exact", "empirical"])
+@pytest.mark.parametrize("loss_name", ["ce", "mse"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_factors_equal_per_example_dense_computations(float64, kind, loss_name, fisher):
+    # A = sum_n w_n sum_t ā_nt ā_ntᵀ;  G = sum_n c_n (1/T) sum_t J_ntᵀ C_n J_nt, with J_nt the
+    # per-example Jacobian of the outputs z_n in the layer's pre-activation at position t.
+    model, x, y, weights = make_case(kind, loss_name)
+    result = factors(model, x, y, weights, fisher)
+    inputs, pre_activations, to_z = forward_pieces(model, x, kind)
+    z = pre_activations[-1]
+    r = output_factors(loss_name, z, y, fisher)
+    c = weights / len(x)  # Keras's mean over the batch of the weighted losses.
+    w = weights / weights.sum()
+    assert len(result.blocks) == 2 and result.diagonal_indices == ()
+    for block, a_bar, s, s_to_z in zip(result.blocks, inputs, pre_activations, to_z,
+                                       strict=True):
+        s = tf.constant(s)
+        with tf.GradientTape() as tape:
+            tape.watch(s)
+            outputs = s_to_z(s)
+        jacobian = tape.batch_jacobian(outputs, s).numpy().reshape(len(x), z.shape[1], -1,
+                                                                  s.shape[-1])  # (N, k, T, o)
+        positions = jacobian.shape[2]
+        g = np.einsum("nkto,nkf->nfto", jacobian, r)  # J_ntᵀ r_nf
+        expected_g = np.einsum("n,nfto,nftp->op", c, g, g) / positions
+        expected_a = np.einsum("n,nti,ntj->ij", w, a_bar, a_bar)
+        np.testing.assert_allclose(block.a, expected_a, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(block.g, expected_g, rtol=1e-10, atol=1e-14)
+
+
+def test_single_dense_layer_with_one_output_is_the_exact_gauss_newton_block(float64):
+    # One output unit and mean squared error: J_nᵀ H_n J_n = 2 for every example, so the
+    # expectation of the Kronecker product is the product of the expectations.
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    x, y, weights = rng.normal(size=(9, 4)), rng.normal(size=(9, 1)), rng.uniform(0.5, 2, 9)
+    result = factors(model, x, y, weights)
+    block = result.blocks[0]
+    np.testing.assert_allclose(np.kron(block.a, block.g), dense.ggn(model, x, y, weights),
+                               rtol=1e-10, atol=1e-14)
+    # apply() is that matrix times a vector, in the variables' layout.
+    vector = random_like(model)
+    np.testing.assert_allclose(
+        curvature.flatten(kronecker.apply(result, vector)),
+        dense.ggn(model, x, y, weights).numpy() @ curvature.flatten(vector).numpy(),
+        rtol=1e-10)
+
+
+def test_sampled_g_converges_to_the_exact_g(float64):
+    # The true Fisher's G with one sampled label per example: unbiased; its mean over draws
+    # approaches the exact G at the Monte-Carlo rate.
+    model, x, y, weights = make_case("mlp", "ce")
+    exact = factors(model, x, y, weights).blocks[0].g.numpy()
+    draws = [factors(model, x, y, weights, "sampled", seed=(3, s)).blocks[0].g.numpy()
+             for s in range(400)]
+
+    def error(count):
+        return np.linalg.norm(np.mean(draws[:count], axis=0) - exact) / np.linalg.norm(exact)
+
+    assert error(400) < 0.1 and error(400) < 0.5 * error(25)
+
+
+def test_other_variables_get_the_curvature_diagonal(float64):
+    # BatchNormalization's scale and shift: diagonal blocks, the exact Gauss-Newton diagonal.
+    model, x, y, weights = make_case("bn_dropout", "ce")
+    result = factors(model, x, y, weights)
+    assert [b.layer.name for b in result.blocks] == [model.layers[0].name, model.layers[-1].name]
+    assert result.diagonal_indices == (2, 3)
+    exact = curvature.diagonal(model, (x, y, weights), "ggn", training=False)
+    for index, diagonal in zip(result.diagonal_indices, result.diagonals, strict=True):
+        np.testing.assert_allclose(diagonal, exact[index], rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "bn_dropout"])
+def test_damped_inverse_equals_the_dense_factored_tikhonov_inverse(float64, kind):
+    # (A + π sqrt(λ) I)⁻¹ ⊗ (G + sqrt(λ)/π I)⁻¹ per block, π² = (tr A / dim A) / (tr G / dim G);
+    # 1 / (d + λ) on diagonal blocks.
+    model, x, y, weights = make_case(kind, "ce")
+    result = factors(model, x, y, weights)
+    vector = random_like(model)
+    damping = 0.3
+    actual = kronecker.solve(result, vector, damping)
+    for block in result.blocks:
+        a, g = block.a.numpy(), block.g.numpy()
+        pi = np.sqrt((np.trace(a) / len(a)) / (np.trace(g) / len(g)))
+        inverse = np.kron(np.linalg.inv(a + pi * np.sqrt(damping) * np.eye(len(a))),
+                          np.linalg.inv(g + np.sqrt(damping) / pi * np.eye(len(g))))
+        parts = [vector[i].numpy().ravel() for i in block.indices]
+        kernel_size = parts[0].size
+        expected = inverse @ np.concatenate(parts)
+        np.testing.assert_allclose(actual[block.indices[0]].numpy().ravel(),
+                                   expected[:kernel_size], rtol=1e-10)
+        np.testing.assert_allclose(actual[block.indices[1]], expected[kernel_size:],
+                                   rtol=1e-10)
+    for index, diagonal in zip(result.diagonal_indices, result.diagonals, strict=True):
+        np.testing.assert_allclose(actual[index], vector[index] / (diagonal + damping),
+                                   rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_every_zoo_model_gets_blocks_for_its_dense_and_conv_layers(float64, kind):
+    model, x, y, weights = make_case(kind, "ce")
+    result = factors(model, x, y, weights)
+    blocked = sorted(i for block in result.blocks for i in block.indices)
+    assert sorted(blocked + list(result.diagonal_indices)) == list(
+        range(len(model.trainable_variables)))
+    assert len(result.blocks) == 2  # Each zoo model has two Dense / Conv2D layers.
+
+
+@pytest.mark.parametrize("kind", ["cnn", "bn_dropout"])
+def test_factors_trace_and_compile_with_xla(float64, kind):
+    # Inside tf.function and with jit_compile=True: the eager values, the same sampled draw.
+    model, x, y, weights = make_case(kind, "ce")
+    objective, batch = Objective(model), as_batch((x, y, weights))
+
+    def tensors(seed):
+        result = kronecker.kronecker_factors(objective, batch, "sampled", seed)
+        return [t for block in result.blocks for t in (block.a, block.g)] + list(
+            result.diagonals)
+
+    eager = tensors((1, 2))
+    for jit_compile in (False, True):
+        traced = tf.function(lambda: tensors(tf.constant([1, 2])), jit_compile=jit_compile)()
+        for actual, expected in zip(traced, eager, strict=True):
+            np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-15)
