@@ -49,6 +49,7 @@ from keras_secondorder._keras_compat import all_layers, intercepted_calls, with_
 from keras_secondorder._validation import one_of
 from keras_secondorder.curvature.diagonal import batch_diagonal
 from keras_secondorder.curvature.output_losses import rows
+from keras_secondorder.curvature.vectors import scalar
 
 FISHERS = ("exact", "sampled", "empirical")
 _DIAGONAL_METHODS = {"exact": "ggn", "sampled": "ggn_mc", "empirical": "empirical_fisher"}
@@ -298,7 +299,7 @@ def factored_damping(a, g, damping):
     mean_g = tf.linalg.trace(g) / tf.cast(tf.shape(g)[0], g.dtype)
     pi = tf.where((mean_a > 0) & (mean_g > 0),
                   tf.sqrt(mean_a / tf.where(mean_g > 0, mean_g, 1.0)), 1.0)
-    root = tf.sqrt(_as_tensor(damping, a.dtype))
+    root = tf.sqrt(scalar(damping, a.dtype))
     return pi * root, root / pi
 
 
@@ -319,10 +320,6 @@ def solve(factors, vector, damping):
                                                        tf.transpose(left)))
         result.update(_from_matrix(block, solved, vector))
     for index, diagonal in zip(factors.diagonal_indices, factors.diagonals, strict=True):
-        result[index] = vector[index] / (diagonal + _as_tensor(damping, diagonal.dtype))
+        result[index] = vector[index] / (diagonal + scalar(damping, diagonal.dtype))
     return [result[index] for index in range(len(vector))]
 
-
-def _as_tensor(value, dtype):
-    # tf.cast would round a Python float to float32 before casting it to float64.
-    return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)

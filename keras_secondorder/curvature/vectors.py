@@ -75,3 +75,11 @@ def densify(value, like):
         rows = tf.shape(like, out_type=value.indices.dtype)[0]
         return tf.math.unsorted_segment_sum(value.values, value.indices, rows)
     return value
+
+
+def scalar(value, dtype):
+    """`value` (a Python number or a tensor) as a scalar tensor of `dtype`.
+
+    Not `tf.cast`: it rounds a Python float to float32 before casting it to float64.
+    """
+    return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)

@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_secondorder._validation import number, one_of, positive_int
 from keras_secondorder.curvature import gradient_squares, kinds
 from keras_secondorder.curvature.batch import synchronized_layers
-from keras_secondorder.curvature.vectors import flatten, unflatten
+from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
 from keras_secondorder.optimizers.conjugate_gradient import conjugate_gradient
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
 
@@ -31,7 +31,7 @@ def adjust_damping(damping, rho, increase=1.5, decrease=2.0 / 3.0, minimum=0.0):
     decrease stops at `minimum`.
     """
     failed = (rho < 0.25) | ~tf.math.is_finite(rho)
-    decreased = tf.maximum(damping * decrease, tf.convert_to_tensor(minimum, damping.dtype))
+    decreased = tf.maximum(damping * decrease, scalar(minimum, damping.dtype))
     return tf.where(failed, damping * increase, tf.where(rho > 0.75, decreased, damping))
 
 

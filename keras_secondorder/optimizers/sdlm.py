@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_secondorder import curvature as curvature_core
 from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.curvature import bbprop
+from keras_secondorder.curvature.vectors import scalar
 from keras_secondorder.optimizers.curvature_optimizer import with_base_keyword_docs
 from keras_secondorder.optimizers.diagonal_curvature_optimizer import DiagonalCurvatureOptimizer
 
@@ -120,7 +121,7 @@ class SDLM(DiagonalCurvatureOptimizer):
 
         batch_diagonal = curvature.sum_over_replicas_if(estimating, estimate)
         patterns = tf.cast(samples, dtype)
-        blend = 1.0 - tf.pow(1.0 - tf.cast(self.gamma, dtype), patterns)
+        blend = 1.0 - tf.pow(1.0 - scalar(self.gamma, dtype), patterns)
         # The first estimate is the plain mean over its examples, whatever gamma: weight
         # b / (n + b) for a batch of b after n examples.
         first = estimated < self.curvature_samples

@@ -1,0 +1,80 @@
+"""The step of a curvature optimizer chosen by the damped quadratic model (Martens & Grosse 7).
+
+K-FAC proposes an update `Δ` (the preconditioned gradient) and has its previous update `δ₀`;
+instead of a learning rate and a momentum fixed by hand, it takes the combination `δ = α Δ +
+μ δ₀` that minimizes the quadratic model of the objective with the *exact* curvature `C` (the
+Gauss-Newton or Fisher products of the core, not the Kronecker approximation used to make
+`Δ`) plus the damping:
+
+    M(δ) = ½ δᵀ (C + λ I) δ + gᵀ δ
+
+On the two-dimensional subspace this is a 2x2 linear system. Exact products matter here:
+they make `M` an honest prediction of the change of the objective, which the damping's
+Levenberg-Marquardt rule then compares with the actual change (`rho`).
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from keras_secondorder.curvature.vectors import scalar
+
+
+class StepCoefficients(NamedTuple):
+    """The minimizer of the quadratic model on `span(Δ, δ₀)`.
+
+    Attributes:
+        learning_rate: `α`, the coefficient of the proposed update.
+        momentum: `μ`, the coefficient of the previous update (0 when there is none).
+        predicted_change: `M(α Δ + μ δ₀)`, the change of the objective the model predicts
+            (negative: a decrease).
+    """
+
+    learning_rate: tf.Tensor
+    momentum: tf.Tensor
+    predicted_change: tf.Tensor
+
+
+def step_coefficients(gradient, update, previous, curvature_product, damping):
+    """`α, μ = argmin M(α Δ + μ δ₀)` and the model's value there, on flat vectors.
+
+    ```
+    [Δᵀ(C + λ)Δ    Δᵀ(C + λ)δ₀ ] [α]     [gᵀΔ ]
+    [δ₀ᵀ(C + λ)Δ   δ₀ᵀ(C + λ)δ₀] [μ] = - [gᵀδ₀],      M = ½ (α gᵀΔ + μ gᵀδ₀)
+    ```
+
+    With no previous update (`δ₀ = 0`: the first step, or after a rejected one) the system is
+    the 1x1 one, `μ = 0`, `α = -gᵀΔ / Δᵀ(C + λ)Δ`.
+
+    Args:
+        gradient: `g`.
+        update: `Δ`, the proposed update (a descent direction, e.g. `-F⁻¹ g`).
+        previous: `δ₀`, the previous update (zeros if none).
+        curvature_product: `v -> C v`, the undamped curvature.
+        damping: `λ` (a scalar).
+
+    Returns:
+        `StepCoefficients`.
+    """
+    damping = scalar(damping, gradient.dtype)
+
+    def damped(v):
+        return curvature_product(v) + damping * v
+
+    damped_update = damped(update)
+    has_previous = tf.reduce_any(tf.not_equal(previous, 0.0))
+    damped_previous = tf.cond(has_previous, lambda: damped(previous),
+                              lambda: tf.zeros_like(previous))
+    m11 = tf.reduce_sum(update * damped_update)
+    m12 = tf.reduce_sum(update * damped_previous)
+    m22 = tf.reduce_sum(previous * damped_previous)
+    b1, b2 = tf.reduce_sum(gradient * update), tf.reduce_sum(gradient * previous)
+    determinant = m11 * m22 - m12 * m12
+    # A (numerically) singular system: Δ and δ₀ parallel, or δ₀ = 0; then along Δ alone.
+    pair = has_previous & (determinant > 1e-12 * tf.abs(m11 * m22))
+    safe_determinant = tf.where(pair, determinant, 1.0)
+    learning_rate = tf.where(pair, (-b1 * m22 + b2 * m12) / safe_determinant,
+                             -b1 / tf.where(m11 > 0, m11, 1.0))
+    momentum = tf.where(pair, (-b2 * m11 + b1 * m12) / safe_determinant, 0.0)
+    return StepCoefficients(learning_rate, momentum,
+                            0.5 * (learning_rate * b1 + momentum * b2))
