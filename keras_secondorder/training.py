@@ -71,6 +71,18 @@ class Model(keras.Model):
             value = False
         keras.Model.jit_compile.fset(self, value)
 
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        optimizer = bound_optimizer(self.optimizer)
+        if optimizer is not None:  # K-FAC sizes its state from the model's layers.
+            optimizer.set_model(self)
+
+    def compile_from_config(self, config):
+        # Keras's own, which skips (with a warning) a class that overrides `compile`.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def train_step(self, data):
         optimizer = bound_optimizer(self.optimizer)
         if optimizer is None:

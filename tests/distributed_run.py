@@ -1,4 +1,4 @@
-"""Trains small models with SDLM, ESGD and HessianFree, saves the weights: a test worker.
+"""Trains small models with SDLM, ESGD, HessianFree and KFAC, saves the weights: a test worker.
 
 Usage: python distributed_run.py OUTPUT {single,mirrored,multiworker,refusals}. The multi-worker
 mode reads TF_CONFIG; the mirrored and refusals modes split the CPU into two logical devices.
@@ -89,13 +89,19 @@ def main(output, mode):
                                                       damping=0.01),
         # The whole batch for curvature: a fraction takes the head of each replica's share.
         "hf": lambda: ks.optimizers.HessianFree(damping=1.0, curvature_fraction=1.0),
+        # Factors and products summed over replicas; the adaptive step's 2x2 solve and the
+        # damping's rho on every replica alike. The exact Fisher: sampled labels are drawn per
+        # replica's share of the batch, so they differ from one device's draw.
+        "kfac": lambda: ks.optimizers.KFAC(damping_period=2, inverse_update_period=3,
+                                           fisher="exact"),
     }
     if mode == "multiworker":  # HessianFree runs on one machine's replicas only.
         del optimizers["hf"]
     for name, make in optimizers.items():
-        # HessianFree in float64: CG amplifies float32 rounding (a different summation order
-        # across devices) beyond the comparison's tolerance; float64 shows the method's equality.
-        keras.config.set_floatx("float64" if name == "hf" else "float32")
+        # HessianFree and KFAC in float64: CG and the factors' inverses amplify float32
+        # rounding (a different summation order across devices) beyond the comparison's
+        # tolerance; float64 shows the method's equality.
+        keras.config.set_floatx("float64" if name in ("hf", "kfac") else "float32")
         keras.config.set_dtype_policy(keras.config.floatx())
         with strategy.scope():
             keras.utils.set_random_seed(1)

@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder._keras_compat import all_layers
-from keras_secondorder.curvature import kinds
+from keras_secondorder.curvature import kinds, kronecker
 from keras_secondorder.curvature.diagonal import batch_diagonal
 from keras_secondorder.curvature.objective import Batch, Objective, as_batch, batch_size
 
@@ -137,20 +137,41 @@ class BatchCurvature:
             return list(values)
         return context.all_reduce(tf.distribute.ReduceOp.SUM, list(values))
 
-    def sum_over_replicas_if(self, condition, compute):
-        """`compute()` if `condition`, else zeros like the variables; summed after the `tf.cond`.
+    def kronecker_factors(self, fisher="sampled", seed=(0, 0), sum_over_replicas=True):
+        """K-FAC's `KroneckerFactors` of the batch (see `curvature.kronecker`).
 
-        `compute` must ask for its products with `sum_over_replicas=False`.
+        Across replicas `G` and the diagonal blocks are summed (each replica's objective
+        carries its `1 / replicas` share, as for products) and `A`, a mean over examples, is
+        averaged.
         """
+        factors = kronecker.kronecker_factors(self.objective, self.batch, fisher, seed)
+        if not sum_over_replicas:
+            return factors
+        context = tf.distribute.get_replica_context()
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        summed = self.sum_over_replicas(
+            [t for block in factors.blocks for t in (block.a, block.g)] + list(factors.diagonals))
+        blocks = tuple(block._replace(a=summed[2 * i] / replicas, g=summed[2 * i + 1])
+                       for i, block in enumerate(factors.blocks))
+        return factors._replace(blocks=blocks, diagonals=tuple(summed[2 * len(blocks):]))
+
+    def sum_over_replicas_if(self, condition, compute, zeros=None):
+        """`compute()` if `condition`, else `zeros`; summed after the `tf.cond`.
+
+        `compute` returns a list of tensors and must ask for its products with
+        `sum_over_replicas=False`. `zeros` defaults to zeros like the variables.
+        """
+        if zeros is None:
+            zeros = [tf.zeros(v.shape, v.dtype) for v in self.variables]
         context = tf.distribute.get_replica_context()
         if (context is not None and context.num_replicas_in_sync > 1
                 and synchronized_layers(self.model)):
             # A synchronized BatchNormalization all-reduces inside the forward pass, which
             # tf.distribute cannot do inside a tf.cond: compute on every step, keep if condition.
-            local = [tf.where(condition, value, tf.zeros_like(value)) for value in compute()]
+            local = [tf.where(condition, value, zero) for value, zero in zip(compute(), zeros,
+                                                                             strict=True)]
         else:
-            local = tf.cond(condition, compute,
-                            lambda: [tf.zeros(v.shape, v.dtype) for v in self.variables])
+            local = tf.cond(condition, compute, lambda: list(zeros))
         return self.sum_over_replicas(local)
 
     def _result(self, values, sum_over_replicas):

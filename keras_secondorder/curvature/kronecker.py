@@ -169,7 +169,7 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
         ValueError: the loss has no Gauss-Newton split (lists the supported losses).
     """
     one_of(fisher, "fisher", FISHERS)
-    layers = _blocked_layers(objective)
+    layers = blocked_layers(objective.model, objective.variables)
     params = objective.params()
     recorded = {id(layer): [] for layer in layers}
 
@@ -224,18 +224,38 @@ def _block_variables(layer):
     return [layer.kernel, layer.bias] if layer.use_bias else [layer.kernel]
 
 
-def _blocked_layers(objective):
-    """The layers with a rule whose trainable variables are all, and only, kernel and bias."""
-    variables = {id(v) for v in objective.variables}
+def blocked_layers(model, variables):
+    """The layers of `model` that get a Kronecker block for the curvature over `variables`.
+
+    Those with a rule whose trainable variables are all, and only, their kernel (and bias), all
+    among `variables`.
+    """
+    wanted = {id(v) for v in variables}
     layers = []
-    for layer in all_layers(objective.model):
+    for layer in all_layers(model):
         if rule_for(layer) is None or not layer.trainable:
             continue
         own = _block_variables(layer)
         if ({id(v) for v in layer.trainable_variables} == {id(v) for v in own}
-                and all(id(v) in variables for v in own)):
+                and all(id(v) in wanted for v in own)):
             layers.append(layer)
     return layers
+
+
+def layout(model, variables):
+    """The structure of the factors, without computing them: `(blocks, diagonal_indices)`.
+
+    `blocks` holds one `(layer, indices, dim A, dim G)` per Kronecker block, as the blocks of
+    `kronecker_factors` come; optimizers size their state from it.
+    """
+    positions = {id(v): index for index, v in enumerate(variables)}
+    blocks = []
+    for layer in blocked_layers(model, variables):
+        kernel = layer.kernel
+        blocks.append((layer, tuple(positions[id(v)] for v in _block_variables(layer)),
+                       math.prod(kernel.shape[:-1]) + int(layer.use_bias), kernel.shape[-1]))
+    covered = {index for block in blocks for index in block[1]}
+    return blocks, tuple(i for i in range(len(variables)) if i not in covered)
 
 
 def _output_factors(fisher, output_loss, batch, z, seed):
@@ -303,23 +323,25 @@ def factored_damping(a, g, damping):
     return pi * root, root / pi
 
 
-def solve(factors, vector, damping):
-    """`v -> (damped K-FAC matrix)⁻¹ v`: each block's damped inverse applied to `vector`.
+def invert(factors, damping):
+    """The damped inverse of every block, as `KroneckerFactors` for `apply`.
 
-    Kronecker blocks: `V -> (A + π sqrt(λ) I)⁻¹ V (G + sqrt(λ)/π I)⁻¹` (`factored_damping`),
-    by Cholesky solves; diagonal blocks: `v / (d + λ)`.
+    Kronecker blocks: `(A + π sqrt(λ) I)⁻¹` and `(G + sqrt(λ)/π I)⁻¹` (`factored_damping`), by
+    Cholesky factorizations; diagonal blocks: `1 / (d + λ)`.
     """
-    result = {}
+    def inverse(matrix, shift):
+        eye = tf.eye(tf.shape(matrix)[0], dtype=matrix.dtype)
+        return tf.linalg.cholesky_solve(tf.linalg.cholesky(matrix + shift * eye), eye)
+
+    blocks = []
     for block in factors.blocks:
         damping_a, damping_g = factored_damping(block.a, block.g, damping)
-        a = block.a + damping_a * tf.eye(tf.shape(block.a)[0], dtype=block.a.dtype)
-        g = block.g + damping_g * tf.eye(tf.shape(block.g)[0], dtype=block.g.dtype)
-        left = tf.linalg.cholesky_solve(tf.linalg.cholesky(a), _as_matrix(block, vector))
-        # (left G⁻¹) = (G⁻¹ leftᵀ)ᵀ, G symmetric.
-        solved = tf.transpose(tf.linalg.cholesky_solve(tf.linalg.cholesky(g),
-                                                       tf.transpose(left)))
-        result.update(_from_matrix(block, solved, vector))
-    for index, diagonal in zip(factors.diagonal_indices, factors.diagonals, strict=True):
-        result[index] = vector[index] / (diagonal + scalar(damping, diagonal.dtype))
-    return [result[index] for index in range(len(vector))]
+        blocks.append(block._replace(a=inverse(block.a, damping_a),
+                                     g=inverse(block.g, damping_g)))
+    diagonals = tuple(1.0 / (d + scalar(damping, d.dtype)) for d in factors.diagonals)
+    return factors._replace(blocks=tuple(blocks), diagonals=diagonals)
 
+
+def solve(factors, vector, damping):
+    """`v -> (damped K-FAC matrix)⁻¹ v`: `apply(invert(factors, damping), vector)`."""
+    return apply(invert(factors, damping), vector)

@@ -10,7 +10,8 @@ from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
 from keras_secondorder.optimizers.diagonal_curvature_optimizer import DiagonalCurvatureOptimizer
 from keras_secondorder.optimizers.equilibrated_sgd import EquilibratedSGD
 from keras_secondorder.optimizers.hessian_free import HessianFree
+from keras_secondorder.optimizers.kfac import KFAC
 from keras_secondorder.optimizers.sdlm import SDLM
 
 __all__ = ["CurvatureOptimizer", "DiagonalCurvatureOptimizer", "EquilibratedSGD", "HessianFree",
-           "SDLM"]
+           "KFAC", "SDLM"]

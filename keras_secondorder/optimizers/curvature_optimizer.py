@@ -2,6 +2,7 @@
 
 import contextlib
 import threading
+import weakref
 
 import keras
 import tensorflow as tf
@@ -79,6 +80,22 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
 
     def _bound_curvature(self):
         return getattr(self._bound, "curvature", None)
+
+    def set_model(self, model):
+        """Tells the optimizer which model it trains (`keras_secondorder.Model.compile` does).
+
+        Optimizers whose state is shaped by the model's layers (K-FAC's factors) size it in
+        `build` from this model, or, in a custom loop, from the bound batch's model.
+        """
+        self._model = weakref.ref(model)
+
+    def trained_model(self):
+        """The model given to `set_model` or bound with the current batch; `None` if neither."""
+        reference = getattr(self, "_model", None)
+        model = None if reference is None else reference()
+        if model is None and self._bound_curvature() is not None:
+            model = self._bound_curvature().model
+        return model
 
     def curvature_step(self, curvature, gradients, variables, learning_rate):
         """Updates `variables` (and the optimizer's state) from the batch's curvature.

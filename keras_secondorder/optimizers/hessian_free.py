@@ -10,9 +10,10 @@ import tensorflow as tf
 from keras_secondorder._validation import number, one_of, positive_int
 from keras_secondorder.curvature import gradient_squares, kinds
 from keras_secondorder.curvature.batch import synchronized_layers
-from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
+from keras_secondorder.curvature.vectors import flatten, unflatten
 from keras_secondorder.optimizers.conjugate_gradient import conjugate_gradient
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
+from keras_secondorder.optimizers.quadratic_model import adjust_damping
 
 # The curvature kinds whose products HessianFree's CG and damping were designed for (Martens
 # 2010): the Gauss-Newton matrix and the exact Hessian.
@@ -21,18 +22,6 @@ PRECONDITIONERS = ("martens", None)
 # The default cap on the preconditioner's examples where they take per-example backward passes.
 PER_EXAMPLE_PASS_EXAMPLES = 256
 _SETTINGS_OF_FIRST_ORDER_METHODS = ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay")
-
-
-def adjust_damping(damping, rho, increase=1.5, decrease=2.0 / 3.0, minimum=0.0):
-    """Levenberg-Marquardt: `lambda * increase` if `rho < 1/4`, `* decrease` if `rho > 3/4`.
-
-    `rho` is the reduction ratio (actual over predicted reduction). A `rho` that is not a finite
-    number (a non-finite objective or model) counts as a failure: the damping increases. A
-    decrease stops at `minimum`.
-    """
-    failed = (rho < 0.25) | ~tf.math.is_finite(rho)
-    decreased = tf.maximum(damping * decrease, scalar(minimum, damping.dtype))
-    return tf.where(failed, damping * increase, tf.where(rho > 0.75, decreased, damping))
 
 
 def backtrack(objective, result):

@@ -1,4 +1,4 @@
-"""The step of a curvature optimizer chosen by the damped quadratic model (Martens & Grosse 7).
+"""The damped quadratic model of the objective: the step it chooses and the damping it earns.
 
 K-FAC proposes an update `Δ` (the preconditioned gradient) and has its previous update `δ₀`;
 instead of a learning rate and a momentum fixed by hand, it takes the combination `δ = α Δ +
@@ -61,10 +61,10 @@ def step_coefficients(gradient, update, previous, curvature_product, damping):
     def damped(v):
         return curvature_product(v) + damping * v
 
-    damped_update = damped(update)
+    # Both products on every step (no tf.cond around the second): under tf.distribute a
+    # product all-reduces across replicas, which a tf.cond cannot contain.
+    damped_update, damped_previous = damped(update), damped(previous)
     has_previous = tf.reduce_any(tf.not_equal(previous, 0.0))
-    damped_previous = tf.cond(has_previous, lambda: damped(previous),
-                              lambda: tf.zeros_like(previous))
     m11 = tf.reduce_sum(update * damped_update)
     m12 = tf.reduce_sum(update * damped_previous)
     m22 = tf.reduce_sum(previous * damped_previous)
@@ -78,3 +78,15 @@ def step_coefficients(gradient, update, previous, curvature_product, damping):
     momentum = tf.where(pair, (-b2 * m11 + b1 * m12) / safe_determinant, 0.0)
     return StepCoefficients(learning_rate, momentum,
                             0.5 * (learning_rate * b1 + momentum * b2))
+
+
+def adjust_damping(damping, rho, increase=1.5, decrease=2.0 / 3.0, minimum=0.0):
+    """Levenberg-Marquardt: `lambda * increase` if `rho < 1/4`, `* decrease` if `rho > 3/4`.
+
+    `rho` is the reduction ratio (actual over predicted reduction). A `rho` that is not a finite
+    number (a non-finite objective or model) counts as a failure: the damping increases. A
+    decrease stops at `minimum`.
+    """
+    failed = (rho < 0.25) | ~tf.math.is_finite(rho)
+    decreased = tf.maximum(damping * decrease, scalar(minimum, damping.dtype))
+    return tf.where(failed, damping * increase, tf.where(rho > 0.75, decreased, damping))

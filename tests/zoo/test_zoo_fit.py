@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from keras_secondorder.callbacks import HessianSpectrum, PowerMethodLR
 from keras_secondorder.curvature import dense
-from keras_secondorder.optimizers import SDLM, EquilibratedSGD, HessianFree
+from keras_secondorder.optimizers import KFAC, SDLM, EquilibratedSGD, HessianFree
 from zoo import models as zoo
 
 
@@ -45,6 +45,9 @@ OPTIMIZERS = {
     "esgd": lambda: EquilibratedSGD(learning_rate=0.05, update_every=2),
     "hessian_free": lambda: HessianFree(damping=1.0, curvature_fraction=1.0,
                                         max_cg_iterations=10),
+    # Kronecker blocks for Dense and Conv2D layers, diagonal blocks for the rest (embeddings,
+    # recurrent and attention kernels, normalization, custom layers).
+    "kfac": lambda: KFAC(damping_period=2, inverse_update_period=2),
 }
 TRAINING = [(name, optimizer) for name in zoo.ZOO for optimizer in OPTIMIZERS
             if name in zoo.SPLIT or optimizer == "esgd"]

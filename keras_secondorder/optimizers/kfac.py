@@ -1,0 +1,293 @@
+"""K-FAC (Martens & Grosse 2015): a Kronecker-factored natural-gradient optimizer for `fit`."""
+
+import keras
+import tensorflow as tf
+
+from keras_secondorder._validation import integer, number, one_of, positive_int
+from keras_secondorder.curvature import kronecker
+from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
+from keras_secondorder.optimizers.curvature_optimizer import (
+    CurvatureOptimizer,
+    with_base_keyword_docs,
+)
+from keras_secondorder.optimizers.quadratic_model import adjust_damping, step_coefficients
+
+_NO_MODEL = (
+    "KFAC sizes its Kronecker factors from the model's layers, and knows no model. Compile a "
+    "keras_secondorder.Model (or keras_secondorder.wrap(model)) with it; in a custom training "
+    "loop call optimizer.set_model(model) before the first step."
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_secondorder")
+@with_base_keyword_docs
+class KFAC(CurvatureOptimizer):
+    """K-FAC: the gradient preconditioned by a Kronecker-factored Fisher, in `model.fit`.
+
+    Each Dense and Conv2D layer gets a block `A ⊗ G` of the Fisher (Gauss-Newton) matrix, the
+    other variables a diagonal block (`curvature.kronecker`); the step inverts the damped
+    blocks:
+
+    ```
+    A, G, d <- exponential moving averages (factor_decay) of each batch's factors
+    every inverse_update_period steps: (A + π sqrt(λ) I)⁻¹, (G + sqrt(λ)/π I)⁻¹, 1/(d + λ)
+    Δ = -(A + π sqrt(λ) I)⁻¹ ∇_W (G + sqrt(λ)/π I)⁻¹ per block, -∇/(d + λ) elsewhere
+    δ = α Δ + μ δ_prev,  (α, μ) = argmin of ½ δᵀ(C + λ I)δ + gᵀδ   (learning_rate=None)
+                         or the given learning_rate and momentum
+    w <- w + δ
+    every damping_period steps: rho = (f(w + δ) - f(w)) / M(δ);
+        λ <- λ ω if rho > 3/4, λ / ω if rho < 1/4     (ω = damping_decay)
+    ```
+
+    `C` is the exact Gauss-Newton matrix of the batch (the core's products), so that the
+    quadratic model `M` is an honest prediction of the change of the objective: the adaptive
+    step needs two Gauss-Newton products per step, about four gradients. A step whose gradient,
+    factors or update is not finite changes no weight and no state and is counted in
+    `skipped_steps`.
+
+    Logged per step: `damping`, `rho` (of the last damping adaptation), `step_learning_rate`
+    (`α`), `step_momentum` (`μ`), `inverse_refreshes` (cumulative) and `skipped_steps`.
+
+    Use it with `keras_secondorder.Model` (or `keras_secondorder.wrap(model)`); the loss must
+    have a Gauss-Newton split (`keras_secondorder.curvature.SUPPORTED_LOSSES`).
+
+    Args:
+        learning_rate: `None`, so that each step's `α` and `μ` minimize the quadratic model
+            (Martens & Grosse section 7: no rate to tune, the step adapts to the curvature);
+            or a float or schedule, a fixed `α` used with `momentum`. Defaults to `None`.
+        momentum: `μ` with a fixed `learning_rate` (must be `None` with the adaptive one).
+            Defaults to `None` (0 with a fixed rate).
+        damping: the initial `λ`. It plays two parts: Tikhonov damping of the factors (a
+            trust region that also absorbs the Kronecker approximation's error) and the
+            damping of the quadratic model. It adapts, so a poor start costs a few dozen
+            steps. Defaults to `1.0`.
+        min_damping: `λ` never decreases below this. Defaults to `1e-8`.
+        damping_period: steps between two adaptations of `λ`; each measures rho with one
+            more forward pass at `w + δ`. Defaults to `5`.
+        damping_decay: `ω`, the factor of one adaptation (Martens & Grosse: `(19/20)^5`
+            for a period of 5). Defaults to `0.95 ** 5`.
+        factor_decay: the decay of the factors' moving averages: the curvature of a
+            mini-batch is noisy, and the average over the last `1 / (1 - decay)` batches
+            is what the preconditioner should invert. Defaults to `0.95`.
+        inverse_update_period: steps between two refreshes of the damped inverses, the
+            expensive part (a Cholesky factorization per factor, cubic in its size); in
+            between, the last inverses are used. Defaults to `5`.
+        fisher: how `G` is estimated: `"sampled"` (labels drawn from the model's predictive
+            distribution: the true Fisher, one backward pass), `"exact"` (closed-form output
+            Hessian: one backward pass per output unit) or `"empirical"` (the true labels;
+            biased, cheap). Defaults to `"sampled"`.
+        seed: integer seed of the sampled labels; with the step number it fixes each draw, so
+            a resumed run draws what an uninterrupted one would. Defaults to `0`.
+        {{base_optimizer_keyword_args}}
+
+    References:
+        - Martens, Grosse, 2015: Optimizing neural networks with Kronecker-factored
+          approximate curvature (ICML).
+        - Grosse, Martens, 2016: A Kronecker-factored approximate Fisher matrix for
+          convolution layers (ICML).
+    """
+
+    def __init__(self, learning_rate=None, momentum=None, damping=1.0, min_damping=1e-8,
+                 damping_period=5, damping_decay=0.95**5, factor_decay=0.95,
+                 inverse_update_period=5, fisher="sampled", seed=0, name="kfac", **kwargs):
+        adaptive = learning_rate is None
+        if adaptive and momentum is not None:
+            raise ValueError(
+                f"KFAC takes `momentum` (received {momentum!r}) only with a fixed "
+                "`learning_rate`: with learning_rate=None the quadratic model chooses both each "
+                "step. Pass a learning_rate, or remove momentum."
+            )
+        super().__init__(learning_rate=1.0 if adaptive else learning_rate, name=name, **kwargs)
+        self.adaptive = adaptive
+        self.momentum = (None if momentum is None else
+                         number(momentum, "momentum", lambda v: 0 <= v < 1, "in [0, 1)"))
+        self.initial_damping = number(damping, "damping", lambda v: v > 0, "> 0")
+        self.min_damping = number(min_damping, "min_damping", lambda v: 0 <= v <= damping,
+                                  f"in [0, damping={damping!r}]")
+        self.damping_period = positive_int(damping_period, "damping_period")
+        self.damping_decay = number(damping_decay, "damping_decay", lambda v: 0 < v < 1,
+                                    "in (0, 1)")
+        self.factor_decay = number(factor_decay, "factor_decay", lambda v: 0 <= v < 1,
+                                   "in [0, 1)")
+        self.inverse_update_period = positive_int(inverse_update_period,
+                                                  "inverse_update_period")
+        self.fisher = one_of(fisher, "fisher", kronecker.FISHERS)
+        self.seed = integer(seed, "seed")
+
+    def build(self, variables):
+        if self.built:
+            return
+        model = self.trained_model()
+        if model is None:
+            raise ValueError(_NO_MODEL)
+        super().build(variables)
+        self._blocks, self._diagonal_indices = kronecker.layout(model, variables)
+        dtype = variables[0].dtype
+        # Per block: the running sums of A and G and their damped inverses; per other variable
+        # its diagonal's running sum and damped inverse. The sums are divided by
+        # `factor_weight` (sum of decay^k): an average unbiased from the first step.
+        self._sums = self._factor_slots(variables, dtype, "sum")
+        self._inverses = self._factor_slots(variables, dtype, "inverse")
+        self._previous_updates = self.add_optimizer_variables(variables, "previous_update")
+        # In the variables' dtype: a float64 run's damping is not rounded to float32 each step.
+        self.factor_weight = self.add_variable((), dtype=dtype, initializer="zeros",
+                                               aggregation="only_first_replica",
+                                               name="factor_weight")
+        self.damping = self.add_variable(
+            (), dtype=dtype, initializer=keras.initializers.Constant(self.initial_damping),
+            aggregation="only_first_replica", name="damping")
+        self.rho = self.add_scalar("rho")
+        self.step_learning_rate = self.add_scalar("step_learning_rate")
+        self.step_momentum = self.add_scalar("step_momentum")
+        self.inverse_refreshes = self.add_scalar("inverse_refreshes")
+
+    def _factor_slots(self, variables, dtype, role):
+        """Variables shaped like the factors' tensors (`_tensors` order)."""
+        slots = []
+        for index, (_, _, size_a, size_g) in enumerate(self._blocks):
+            slots.append(self.add_variable((size_a, size_a), dtype=dtype,
+                                           name=f"kfac_{role}_a_{index}"))
+            slots.append(self.add_variable((size_g, size_g), dtype=dtype,
+                                           name=f"kfac_{role}_g_{index}"))
+        for index in self._diagonal_indices:
+            slots.append(self.add_variable(tuple(variables[index].shape), dtype=dtype,
+                                           name=f"kfac_{role}_diagonal_{index}"))
+        return slots
+
+    def _as_factors(self, tensors):
+        """`KroneckerFactors` of the layout from a flat list of tensors (`_tensors` order)."""
+        blocks = tuple(kronecker.KroneckerBlock(layer, indices, tensors[2 * i],
+                                                tensors[2 * i + 1])
+                       for i, (layer, indices, _, _) in enumerate(self._blocks))
+        return kronecker.KroneckerFactors(blocks, self._diagonal_indices,
+                                          tuple(tensors[2 * len(blocks):]))
+
+    @staticmethod
+    def _tensors(factors):
+        return [t for block in factors.blocks for t in (block.a, block.g)] + list(
+            factors.diagonals)
+
+    def diagnostics(self):
+        """The damping, rho, the step's `α` and `μ`, the inverse refreshes, skipped steps."""
+        return {**super().diagnostics(), "damping": self.damping, "rho": self.rho,
+                "step_learning_rate": self.step_learning_rate,
+                "step_momentum": self.step_momentum,
+                "inverse_refreshes": self.inverse_refreshes}
+
+    def curvature_step(self, curvature, gradients, variables, learning_rate):
+        dtype = gradients[0].dtype
+        shapes = [tuple(v.shape) for v in variables]
+        step = tf.cast(self.iterations, tf.int64)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), step])
+        batch = self._tensors(curvature.kronecker_factors(self.fisher, seed))
+        decay = scalar(self.factor_decay, dtype)
+        weight = decay * tf.cast(self.factor_weight, dtype) + 1.0
+        sums = [decay * tf.convert_to_tensor(s) + b for s, b in zip(self._sums, batch,
+                                                                    strict=True)]
+        damping = tf.cast(self.damping, dtype)
+        refresh = step % self.inverse_update_period == 0
+        inverses = tf.cond(
+            refresh,
+            lambda: self._tensors(kronecker.invert(self._as_factors([s / weight for s in sums]),
+                                                   damping)),
+            lambda: [tf.convert_to_tensor(s) for s in self._inverses])
+        gradient = flatten(gradients)
+        proposal = -flatten(kronecker.apply(self._as_factors(inverses), gradients))
+        previous = flatten([tf.convert_to_tensor(p) for p in self._previous_updates])
+
+        def product(vector):
+            return flatten(curvature.product("ggn", unflatten(vector, shapes)))
+
+        if self.adaptive:
+            coefficients = step_coefficients(gradient, proposal, previous, product, damping)
+            rate, momentum = coefficients.learning_rate, coefficients.momentum
+        else:
+            rate = tf.cast(learning_rate, dtype)
+            momentum = scalar(self.momentum or 0.0, dtype)
+        update = rate * proposal + momentum * previous
+        adapt = (step + 1) % self.damping_period == 0
+        rho, new_damping = self._adapted_damping(curvature, adapt, update, gradient, shapes,
+                                                 damping, None if not self.adaptive else
+                                                 coefficients.predicted_change)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
+                                for t in [gradient, update, *sums]])
+        tf.distribute.get_replica_context().merge_call(
+            self._apply, args=(variables, unflatten(update, shapes), sums, weight, inverses,
+                               refresh, adapt, rho, new_damping, rate, momentum, finite))
+
+    def _adapted_damping(self, curvature, adapt, update, gradient, shapes, damping, predicted):
+        """`(rho, λ)` after this step: Levenberg-Marquardt on the damping steps, else as is.
+
+        rho compares the objective's change over the step with the quadratic model's `M(δ)`;
+        it takes one more forward pass (and, with a fixed rate, one product), only then.
+        """
+        offset = unflatten(update, shapes)
+
+        def measure():
+            change = (curvature.loss(offset, sum_over_replicas=False)
+                      - curvature.loss(sum_over_replicas=False))
+            values = [tf.cast(change, gradient.dtype)]
+            if predicted is None:  # ½ δᵀ C δ, summed over the replicas with the change.
+                values.append(0.5 * tf.reduce_sum(update * flatten(curvature.product(
+                    "ggn", offset, sum_over_replicas=False))))
+            return values
+
+        zeros = [tf.zeros((), gradient.dtype)] * (1 if predicted is not None else 2)
+        measured = curvature.sum_over_replicas_if(adapt, measure, zeros)
+        if predicted is None:
+            predicted = (measured[1] + tf.reduce_sum(gradient * update)
+                         + 0.5 * damping * tf.reduce_sum(update * update))
+        rho = measured[0] / predicted
+        adjusted = adjust_damping(damping, rho, 1.0 / self.damping_decay, self.damping_decay,
+                                  self.min_damping)
+        return (tf.where(adapt, rho, tf.cast(self.rho, rho.dtype)),
+                tf.where(adapt, adjusted, damping))
+
+    def _apply(self, distribution, variables, update, sums, weight, inverses, refresh, adapt,
+               rho, damping, rate, momentum, finite):
+        del adapt  # rho and the damping already hold their previous values when not adapting.
+
+        def first(value):
+            # The replicas' values are identical (factors and products are summed).
+            return distribution.experimental_local_results(value)[0]
+
+        def assign(variable, value):
+            variable.assign(tf.cast(value, variable.dtype))
+
+        def add(variable, value):
+            variable.assign_add(tf.cast(value, variable.dtype))
+
+        update_variable = distribution.extended.update
+
+        def apply():
+            for variable, delta in zip(variables, update, strict=True):
+                update_variable(variable, add, args=(delta,), group=False)
+            for slots, values in ((self._previous_updates, update), (self._sums, sums),
+                                  (self._inverses, inverses)):
+                for slot, value in zip(slots, values, strict=True):
+                    update_variable(slot.value, assign, args=(value,), group=False)
+            for scalar_slot, value in ((self.factor_weight, weight), (self.damping, damping),
+                                       (self.rho, rho), (self.step_learning_rate, rate),
+                                       (self.step_momentum, momentum)):
+                update_variable(scalar_slot.value, assign, args=(value,), group=False)
+            update_variable(self.inverse_refreshes.value, add, args=(refresh,), group=False)
+
+        tf.cond(first(finite), apply, lambda: None)
+        self.count_skipped_step(distribution, finite)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.adaptive:
+            config["learning_rate"] = None
+        config.update({
+            "momentum": self.momentum,
+            "damping": self.initial_damping,
+            "min_damping": self.min_damping,
+            "damping_period": self.damping_period,
+            "damping_decay": self.damping_decay,
+            "factor_decay": self.factor_decay,
+            "inverse_update_period": self.inverse_update_period,
+            "fisher": self.fisher,
+            "seed": self.seed,
+        })
+        return config
