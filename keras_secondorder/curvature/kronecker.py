@@ -196,7 +196,8 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
         for index, calls in enumerate(gradients):
             g = tf.concat([tf.reshape(g, [tf.shape(g)[0], -1, g.shape[-1]]) for g in calls],
                           axis=1)
-            outer = tf.einsum("nto,ntp->op", g, g)
+            g = tf.reshape(g, [-1, g.shape[-1]])
+            outer = tf.matmul(g, g, transpose_a=True)
             sums[index] = outer if sums[index] is None else sums[index] + outer
     del tape
     example_weights = _example_weights(batch, params[0].dtype)
@@ -207,7 +208,11 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
         inputs = tf.concat([rule.inputs(layer, x) for x, _ in recorded[id(layer)]], axis=1)
         if layer.use_bias:
             inputs = tf.concat([inputs, tf.ones_like(inputs[..., :1])], axis=-1)
-        a = tf.einsum("n,nti,ntj->ij", example_weights, inputs, inputs)
+        # One matrix product over the (example, position) rows; a three-operand einsum
+        # materialized an (N, d, d) tensor (2.8 s at batch 2000 on the autoencoder).
+        rows_of_inputs = tf.reshape(inputs, [-1, inputs.shape[-1]])
+        weighted = tf.reshape(example_weights[:, None, None] * inputs, [-1, inputs.shape[-1]])
+        a = tf.matmul(weighted, rows_of_inputs, transpose_a=True)
         count = tf.cast(tf.shape(inputs)[1], total.dtype)  # T, positions per example.
         indices = tuple(positions[id(v)] for v in _block_variables(layer))
         blocks.append(KroneckerBlock(layer, indices, a, total / count))
