@@ -1,9 +1,10 @@
 """Curvature-aware optimizers for `model.fit` (with `keras_secondorder.Model`).
 
 `SDLM` (LeCun's stochastic diagonal Levenberg-Marquardt), `EquilibratedSGD` (Dauphin et al.
-2015) and `HessianFree` (Martens 2010) are Keras optimizers whose step also uses the curvature
-of the current batch; the train step of `keras_secondorder.Model` binds it (see
-`CurvatureOptimizer`). `DiagonalCurvatureOptimizer` is the template of the diagonal ones.
+2015), `HessianFree` (Martens 2010) and `KFAC` (Martens & Grosse 2015) are Keras optimizers
+whose step also uses the curvature of the current batch; the train step of
+`keras_secondorder.Model` binds it (see `CurvatureOptimizer`). `DiagonalCurvatureOptimizer` is
+the template of the diagonal ones.
 """
 
 from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
