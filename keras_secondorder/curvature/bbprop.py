@@ -49,6 +49,7 @@ from keras_secondorder._keras_compat import (
     inbound_node_count,
     with_linear_activation,
 )
+from keras_secondorder.curvature.layer_rules import RuleRegistry
 from keras_secondorder.curvature.output_losses import rows
 from keras_secondorder.curvature.output_space import penalty_diagonal
 
@@ -119,7 +120,7 @@ class DropoutRule(LayerRule):
 
 AFFINE = AffineRule()
 LINEAR = LayerRule()
-_RULES = {}  # layer class -> LayerRule
+_RULES = RuleRegistry(LayerRule, "a bbprop.LayerRule (AFFINE, LINEAR or a subclass's instance)")
 
 
 def register_rule(layer_class, rule):
@@ -132,21 +133,12 @@ def register_rule(layer_class, rule):
     `activation` an elementwise function stored as `layer.activation`: register it with
     `AFFINE`.
     """
-    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
-        raise ValueError(f"`layer_class` must be a keras.layers.Layer subclass; received "
-                         f"{layer_class!r}.")
-    if not isinstance(rule, LayerRule):
-        raise ValueError(f"`rule` must be a bbprop.LayerRule (AFFINE, LINEAR or a subclass's "
-                         f"instance); received {rule!r}.")
-    _RULES[layer_class] = rule
+    _RULES.register(layer_class, rule)
 
 
 def rule_for(layer):
     """The `LayerRule` of `layer`, or `None` when no registered class computes its `call`."""
-    for base in type(layer).__mro__:
-        if base in _RULES and type(layer).call is base.call:
-            return _RULES[base]
-    return None
+    return _RULES.lookup(layer)
 
 
 for _class in (keras.layers.Dense, BaseConv, BaseConvTranspose, keras.layers.Activation):

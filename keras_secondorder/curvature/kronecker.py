@@ -48,6 +48,7 @@ import tensorflow as tf
 from keras_secondorder._keras_compat import all_layers, intercepted_calls, with_linear_activation
 from keras_secondorder._validation import one_of
 from keras_secondorder.curvature.diagonal import batch_diagonal
+from keras_secondorder.curvature.layer_rules import RuleRegistry
 from keras_secondorder.curvature.output_losses import rows
 from keras_secondorder.curvature.vectors import scalar
 
@@ -96,27 +97,18 @@ class Conv2DRule(KroneckerRule):
         return tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-1]])
 
 
-_RULES = {}
+_RULES = RuleRegistry(KroneckerRule, "a kronecker.KroneckerRule instance")
 
 
 def register_rule(layer_class, rule):
     """Makes K-FAC give layers of `layer_class` (whose `call` it keeps) a Kronecker block."""
-    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.layers.Layer)):
-        raise ValueError(f"`layer_class` must be a keras.layers.Layer subclass; received "
-                         f"{layer_class!r}.")
-    if not isinstance(rule, KroneckerRule):
-        raise ValueError(f"`rule` must be a kronecker.KroneckerRule instance; received "
-                         f"{rule!r}.")
-    _RULES[layer_class] = rule
+    _RULES.register(layer_class, rule)
 
 
 def rule_for(layer):
     """The `KroneckerRule` of `layer`, or `None` (its weights then get diagonal blocks)."""
-    for base in type(layer).__mro__:
-        if base in _RULES and type(layer).call is base.call:
-            rule = _RULES[base]
-            return rule if rule.supports(layer) else None
-    return None
+    rule = _RULES.lookup(layer)
+    return rule if rule is not None and rule.supports(layer) else None
 
 
 register_rule(keras.layers.Dense, DenseRule())
