@@ -206,3 +206,37 @@ def test_a_custom_loop_binds_the_batch_and_the_model(float64):
         with optimizer.bind(ks.curvature.BatchCurvature(model, (x, y))):
             optimizer.apply(grads, model.trainable_variables)
     assert float(optimizer.skipped_steps) == 0.0 and int(optimizer.iterations) == 2
+
+
+def test_mixed_float16_takes_the_factors_in_float32():
+    # The mixed model's factors equal the float32 model's (the curvature is taken with the
+    # layers in their variables' dtype); the optimizer's state is float32; it trains.
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        mixed = classifier()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    plain = classifier()
+    plain.set_weights(mixed.get_weights())
+    for model in (mixed, plain):
+        model.compile(loss="sparse_categorical_crossentropy")
+    batch = ks.curvature.Batch(CLS_X[:32], CLS_Y[:32])
+    factors = [ks.curvature.kronecker.kronecker_factors(
+        ks.curvature.Objective(model, training=True), batch, "exact") for model in (mixed, plain)]
+    for mixed_block, plain_block in zip(*(f.blocks for f in factors), strict=True):
+        assert mixed_block.a.dtype == tf.float32
+        np.testing.assert_allclose(mixed_block.a, plain_block.a, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(mixed_block.g, plain_block.g, rtol=1e-5, atol=1e-7)
+    history = trained(mixed, 3).history
+    assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert all(v.dtype == "float32" for v in mixed.optimizer.inner_optimizer.variables
+               if v.name.startswith("kfac_"))
+    assert history["loss"][-1] < history["loss"][0] and history["skipped_steps"][-1] == 0
+
+
+def test_steps_per_execution_gives_the_same_training():
+    reference = trained(classifier(), 2).model.get_weights()
+    model = classifier()
+    trained(model, 2, steps_per_execution=3)
+    for a, b in zip(model.get_weights(), reference, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
