@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_secondorder._keras_compat import all_layers
 from keras_secondorder.curvature import kinds, kronecker
 from keras_secondorder.curvature.diagonal import batch_diagonal
+from keras_secondorder.curvature.ggn import gauss_newton_quadratic_forms
 from keras_secondorder.curvature.objective import Batch, Objective, as_batch, batch_size
 
 
@@ -106,6 +107,11 @@ class BatchCurvature:
     def gauss_newton_vector_product(self, vector, sum_over_replicas=True):
         """`v -> G v`, the generalized Gauss-Newton product (positive semi-definite)."""
         return self.product("ggn", vector, sum_over_replicas)
+
+    def gauss_newton_quadratic_forms(self, vectors, sum_over_replicas=True):
+        """`[v_iᵀ G v_j]` for a few vectors: forward-mode passes only, no products."""
+        forms = gauss_newton_quadratic_forms(self.objective, self.batch, vectors)
+        return self._result([forms], sum_over_replicas)[0]
 
     def fisher_vector_product(self, vector, sum_over_replicas=True):
         """`v -> F v`, the empirical Fisher product."""

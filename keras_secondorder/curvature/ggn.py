@@ -6,7 +6,10 @@ from keras_secondorder.curvature import dense, kinds
 from keras_secondorder.curvature.objective import as_batch, as_objective
 from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.output_losses import rows
-from keras_secondorder.curvature.output_space import output_space_product
+from keras_secondorder.curvature.output_space import (
+    output_space_product,
+    output_space_quadratic_forms,
+)
 
 
 def _loss_hessian_product(output_loss, batch, z, jz):
@@ -18,6 +21,11 @@ def _loss_hessian_product(output_loss, batch, z, jz):
 
 def _ggn_product(objective, batch, vector):
     return output_space_product(objective, batch, vector, _loss_hessian_product)
+
+
+def gauss_newton_quadratic_forms(objective, batch, vectors):
+    """`[v_iᵀ G v_j]` for a few vectors on one `Batch` (`output_space_quadratic_forms`)."""
+    return output_space_quadratic_forms(objective, batch, vectors, _loss_hessian_product)
 
 
 def gauss_newton_vector_product(model, x, y, vector, sample_weight=None, *, loss=None,

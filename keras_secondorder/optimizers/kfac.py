@@ -195,11 +195,13 @@ class KFAC(CurvatureOptimizer):
         proposal = -flatten(kronecker.apply(self._as_factors(inverses), gradients))
         previous = flatten([tf.convert_to_tensor(p) for p in self._previous_updates])
 
-        def product(vector):
-            return flatten(curvature.product("ggn", unflatten(vector, shapes)))
+        def quadratic_forms(vectors):
+            return curvature.gauss_newton_quadratic_forms([unflatten(v, shapes)
+                                                           for v in vectors])
 
         if self.adaptive:
-            coefficients = step_coefficients(gradient, proposal, previous, product, damping)
+            coefficients = step_coefficients(gradient, proposal, previous, quadratic_forms,
+                                             damping)
             rate, momentum = coefficients.learning_rate, coefficients.momentum
         else:
             rate = tf.cast(learning_rate, dtype)
@@ -228,8 +230,8 @@ class KFAC(CurvatureOptimizer):
                       - curvature.loss(sum_over_replicas=False))
             values = [tf.cast(change, gradient.dtype)]
             if predicted is None:  # ½ δᵀ C δ, summed over the replicas with the change.
-                values.append(0.5 * tf.reduce_sum(update * flatten(curvature.product(
-                    "ggn", offset, sum_over_replicas=False))))
+                values.append(0.5 * curvature.gauss_newton_quadratic_forms(
+                    [offset], sum_over_replicas=False)[0, 0])
             return values
 
         zeros = [tf.zeros((), gradient.dtype)] * (1 if predicted is not None else 2)

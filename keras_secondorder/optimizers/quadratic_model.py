@@ -35,7 +35,7 @@ class StepCoefficients(NamedTuple):
     predicted_change: tf.Tensor
 
 
-def step_coefficients(gradient, update, previous, curvature_product, damping):
+def step_coefficients(gradient, update, previous, quadratic_forms, damping):
     """`α, μ = argmin M(α Δ + μ δ₀)` and the model's value there, on flat vectors.
 
     ```
@@ -50,24 +50,21 @@ def step_coefficients(gradient, update, previous, curvature_product, damping):
         gradient: `g`.
         update: `Δ`, the proposed update (a descent direction, e.g. `-F⁻¹ g`).
         previous: `δ₀`, the previous update (zeros if none).
-        curvature_product: `v -> C v`, the undamped curvature.
+        quadratic_forms: `[u, v] -> [[uᵀCu, uᵀCv], [vᵀCu, vᵀCv]]` of the undamped curvature
+            (only the quadratic forms are needed, which forward mode gives without products).
+            It is called on every step, `δ₀ = 0` included: under tf.distribute the curvature
+            all-reduces across replicas, which a `tf.cond` cannot contain.
         damping: `λ` (a scalar).
 
     Returns:
         `StepCoefficients`.
     """
     damping = scalar(damping, gradient.dtype)
-
-    def damped(v):
-        return curvature_product(v) + damping * v
-
-    # Both products on every step (no tf.cond around the second): under tf.distribute a
-    # product all-reduces across replicas, which a tf.cond cannot contain.
-    damped_update, damped_previous = damped(update), damped(previous)
+    forms = quadratic_forms([update, previous])
+    m11 = forms[0, 0] + damping * tf.reduce_sum(update * update)
+    m12 = forms[0, 1] + damping * tf.reduce_sum(update * previous)
+    m22 = forms[1, 1] + damping * tf.reduce_sum(previous * previous)
     has_previous = tf.reduce_any(tf.not_equal(previous, 0.0))
-    m11 = tf.reduce_sum(update * damped_update)
-    m12 = tf.reduce_sum(update * damped_previous)
-    m22 = tf.reduce_sum(previous * damped_previous)
     b1, b2 = tf.reduce_sum(gradient * update), tf.reduce_sum(gradient * previous)
     determinant = m11 * m22 - m12 * m12
     # A (numerically) singular system: Δ and δ₀ parallel, or δ₀ = 0; then along Δ alone.

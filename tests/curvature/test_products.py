@@ -1,5 +1,6 @@
 """Every product against its dense matrix, on a grid of models and losses (float64)."""
 
+import keras
 import pytest
 import tensorflow as tf
 from conftest import MODELS, make_case, random_like, relative_error
@@ -160,3 +161,15 @@ def test_unknown_or_repeated_kinds_are_refused():
         kinds.get("fisher", allowed=("ggn",))
     with pytest.raises(ValueError, match="'ggn' is registered already"):
         kinds.register("ggn", curvature.GGNOperator, dense.ggn)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_gauss_newton_quadratic_forms_equal_the_dense_matrix(float64, kind):
+    # Forward mode only: [v_iᵀ G v_j] = Vᵀ G V, the L2 penalty's Hessian included.
+    model, x, y, sample_weight = make_case(kind, "ce", regularizer=keras.regularizers.L2(0.1))
+    vectors = [random_like(model, seed) for seed in (1, 2, 3)]
+    forms = curvature.batch.gauss_newton_quadratic_forms(
+        curvature.Objective(model), curvature.Batch(x, y, sample_weight), vectors)
+    columns = tf.stack([curvature.flatten(v) for v in vectors], axis=1)
+    expected = tf.transpose(columns) @ dense.ggn(model, x, y, sample_weight) @ columns
+    assert relative_error(forms, expected) <= 1e-10

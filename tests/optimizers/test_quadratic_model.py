@@ -16,8 +16,13 @@ def problem(size=10):
 
 def coefficients(curvature, gradient, update, previous, damping):
     matrix = tf.constant(curvature)
+
+    def quadratic_forms(vectors):
+        stacked = tf.stack(vectors, axis=1)
+        return tf.transpose(stacked) @ matrix @ stacked
+
     return step_coefficients(tf.constant(gradient), tf.constant(update), tf.constant(previous),
-                             lambda v: tf.linalg.matvec(matrix, v), damping)
+                             quadratic_forms, damping)
 
 
 def model(curvature, gradient, damping, step):
