@@ -40,8 +40,8 @@ class KFAC(CurvatureOptimizer):
     ```
 
     `C` is the exact Gauss-Newton matrix of the batch (the core's products), so that the
-    quadratic model `M` is an honest prediction of the change of the objective: the adaptive
-    step needs two Gauss-Newton products per step, about four gradients. A step whose gradient,
+    quadratic model `M` is an honest prediction of the change of the objective; its quadratic
+    forms take two forward-mode passes a step (about two gradients). A step whose gradient,
     factors or update is not finite changes no weight and no state and is counted in
     `skipped_steps`.
 
