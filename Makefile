@@ -22,9 +22,11 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/python examples/mnist_lenet5.py
 
+# Two pytest workers, each test file on one of them (module-level state stays per file): the
+# suite is mostly single-threaded tracing, so two processes on two cores take about half the time.
 test: $(BIN)/.installed
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(BIN)/.installed
 	$(BIN)/python -m ruff check .
