@@ -38,6 +38,22 @@ def output_space_product(objective, batch, vector, output_product):
     vector = objective.check_vector(vector)
     if has_recurrent_layer(objective.model):
         return _double_backward_product(objective, batch, params, vector, output_product)
+    output_loss, z, jz, hessian_reg, tape = _forward_mode_pass(objective, batch, params, vector)
+    cjz = output_product(output_loss, batch, z, jz)  # C J v
+    result = dense_gradient(tape, z, params, output_gradients=cjz)  # Jᵀ C J v
+    del tape
+    if hessian_reg is not None:
+        result = [a + b for a, b in zip(result, hessian_reg, strict=True)]
+    return result
+
+
+def _forward_mode_pass(objective, batch, params, vector):
+    """One forward pass carrying `vector` as its tangent.
+
+    Returns:
+        `(output_loss, z, J v, ∇²R v or None, tape)`; the persistent tape holds the pass, for a
+        reverse product through `z`.
+    """
     with tf.autodiff.ForwardAccumulator(params, vector) as accumulator:
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(params)
@@ -48,14 +64,9 @@ def output_space_product(objective, batch, vector, output_product):
             None if regularization is None else dense_gradient(tape, regularization, params))
     output_loss = objective.output_loss(batch, y_pred)
     z = output_loss.split(y_pred)
-    jz = accumulator.jvp(z, unconnected_gradients=_ZERO)  # J v
-    cjz = output_product(output_loss, batch, z, jz)  # C J v
-    result = dense_gradient(tape, z, params, output_gradients=cjz)  # Jᵀ C J v
-    del tape
-    if regularization_grads is not None:
-        hessian_reg = accumulator.jvp(regularization_grads, unconnected_gradients=_ZERO)
-        result = [a + b for a, b in zip(result, hessian_reg, strict=True)]
-    return result
+    hessian_reg = (None if regularization_grads is None
+                   else accumulator.jvp(regularization_grads, unconnected_gradients=_ZERO))
+    return output_loss, z, accumulator.jvp(z, unconnected_gradients=_ZERO), hessian_reg, tape
 
 
 def output_space_quadratic_forms(objective, batch, vectors, output_product):
@@ -81,18 +92,11 @@ def output_space_quadratic_forms(objective, batch, vectors, output_product):
     params = objective.params()
     outputs, penalties = [], []
     for vector in vectors:
-        with tf.autodiff.ForwardAccumulator(params, vector) as accumulator:
-            with tf.GradientTape() as tape:
-                tape.watch(params)
-                y_pred, losses = objective.forward(params, batch.x)
-                regularization = objective.regularization(losses)
-            regularization_grads = (
-                None if regularization is None else dense_gradient(tape, regularization, params))
-        output_loss = objective.output_loss(batch, y_pred)
-        z = output_loss.split(y_pred)
-        outputs.append(accumulator.jvp(z, unconnected_gradients=_ZERO))  # J v
-        penalties.append(None if regularization_grads is None else accumulator.jvp(
-            regularization_grads, unconnected_gradients=_ZERO))  # ∇²R v
+        output_loss, z, jv, hessian_reg, tape = _forward_mode_pass(objective, batch, params,
+                                                                   vector)
+        del tape  # No reverse pass.
+        outputs.append(jv)
+        penalties.append(hessian_reg)
     rows_of_forms = []
     for vector, jv in zip(vectors, outputs, strict=True):
         row = []
