@@ -215,7 +215,7 @@ class KFAC(CurvatureOptimizer):
                                 for t in [gradient, update, *sums]])
         tf.distribute.get_replica_context().merge_call(
             self._apply, args=(variables, unflatten(update, shapes), sums, weight, inverses,
-                               refresh, adapt, rho, new_damping, rate, momentum, finite))
+                               refresh, rho, new_damping, rate, momentum, finite))
 
     def _adapted_damping(self, curvature, adapt, update, gradient, shapes, damping, predicted):
         """`(rho, λ)` after this step: Levenberg-Marquardt on the damping steps, else as is.
@@ -245,9 +245,9 @@ class KFAC(CurvatureOptimizer):
         return (tf.where(adapt, rho, tf.cast(self.rho, rho.dtype)),
                 tf.where(adapt, adjusted, damping))
 
-    def _apply(self, distribution, variables, update, sums, weight, inverses, refresh, adapt,
-               rho, damping, rate, momentum, finite):
-        del adapt  # rho and the damping already hold their previous values when not adapting.
+    def _apply(self, distribution, variables, update, sums, weight, inverses, refresh, rho,
+               damping, rate, momentum, finite):
+        # rho and the damping hold their previous values on the steps that do not adapt them.
 
         def first(value):
             # The replicas' values are identical (factors and products are summed).
