@@ -155,11 +155,10 @@ class BatchCurvature:
             return factors
         context = tf.distribute.get_replica_context()
         replicas = 1 if context is None else context.num_replicas_in_sync
-        summed = self.sum_over_replicas(
-            [t for block in factors.blocks for t in (block.a, block.g)] + list(factors.diagonals))
-        blocks = tuple(block._replace(a=summed[2 * i] / replicas, g=summed[2 * i + 1])
-                       for i, block in enumerate(factors.blocks))
-        return factors._replace(blocks=blocks, diagonals=tuple(summed[2 * len(blocks):]))
+        summed = self.sum_over_replicas(kronecker.factor_tensors(factors))
+        summed[0:2 * len(factors.blocks):2] = [a / replicas for a in
+                                                 summed[0:2 * len(factors.blocks):2]]
+        return kronecker.with_factor_tensors(factors, summed)
 
     def sum_over_replicas_if(self, condition, compute, zeros=None):
         """`compute()` if `condition`, else `zeros`; summed after the `tf.cond`.

@@ -145,6 +145,18 @@ class KroneckerFactors(NamedTuple):
     diagonals: tuple
 
 
+def factor_tensors(factors):
+    """The tensors of `factors` as one list: each block's `A` and `G`, then the diagonals."""
+    return [t for block in factors.blocks for t in (block.a, block.g)] + list(factors.diagonals)
+
+
+def with_factor_tensors(factors, tensors):
+    """`factors` with its tensors replaced by `tensors` (in `factor_tensors`' order)."""
+    blocks = tuple(block._replace(a=tensors[2 * i], g=tensors[2 * i + 1])
+                   for i, block in enumerate(factors.blocks))
+    return factors._replace(blocks=blocks, diagonals=tuple(tensors[2 * len(blocks):]))
+
+
 def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
     """The K-FAC factors of the Gauss-Newton / Fisher matrix of `objective` on one `Batch`.
 

@@ -122,6 +122,10 @@ class KFAC(CurvatureOptimizer):
             raise ValueError(_NO_MODEL)
         super().build(variables)
         self._blocks, self._diagonal_indices = kronecker.layout(model, variables)
+        # The factors' structure; their tensors come from the slots or the batch.
+        self._structure = kronecker.KroneckerFactors(
+            tuple(kronecker.KroneckerBlock(layer, indices, None, None)
+                  for layer, indices, _, _ in self._blocks), self._diagonal_indices, ())
         dtype = variables[0].dtype
         # Per block: the running sums of A and G and their damped inverses; per other variable
         # its diagonal's running sum and damped inverse. The sums are divided by
@@ -142,7 +146,7 @@ class KFAC(CurvatureOptimizer):
         self.inverse_refreshes = self.add_scalar("inverse_refreshes")
 
     def _factor_slots(self, variables, dtype, role):
-        """Variables shaped like the factors' tensors (`_tensors` order)."""
+        """Variables shaped like the factors' tensors (`kronecker.factor_tensors` order)."""
         slots = []
         for index, (_, _, size_a, size_g) in enumerate(self._blocks):
             slots.append(self.add_variable((size_a, size_a), dtype=dtype,
@@ -154,18 +158,9 @@ class KFAC(CurvatureOptimizer):
                                            name=f"kfac_{role}_diagonal_{index}"))
         return slots
 
-    def _as_factors(self, tensors):
-        """`KroneckerFactors` of the layout from a flat list of tensors (`_tensors` order)."""
-        blocks = tuple(kronecker.KroneckerBlock(layer, indices, tensors[2 * i],
-                                                tensors[2 * i + 1])
-                       for i, (layer, indices, _, _) in enumerate(self._blocks))
-        return kronecker.KroneckerFactors(blocks, self._diagonal_indices,
-                                          tuple(tensors[2 * len(blocks):]))
-
-    @staticmethod
-    def _tensors(factors):
-        return [t for block in factors.blocks for t in (block.a, block.g)] + list(
-            factors.diagonals)
+    def _factors(self, tensors):
+        """`KroneckerFactors` of this model's structure holding `tensors`."""
+        return kronecker.with_factor_tensors(self._structure, tensors)
 
     def diagnostics(self):
         """The damping, rho, the step's `α` and `μ`, the inverse refreshes, skipped steps."""
@@ -179,7 +174,7 @@ class KFAC(CurvatureOptimizer):
         shapes = [tuple(v.shape) for v in variables]
         step = tf.cast(self.iterations, tf.int64)
         seed = tf.stack([tf.constant(self.seed, tf.int64), step])
-        batch = self._tensors(curvature.kronecker_factors(self.fisher, seed))
+        batch = kronecker.factor_tensors(curvature.kronecker_factors(self.fisher, seed))
         decay = scalar(self.factor_decay, dtype)
         weight = decay * tf.cast(self.factor_weight, dtype) + 1.0
         sums = [decay * tf.convert_to_tensor(s) + b for s, b in zip(self._sums, batch,
@@ -188,11 +183,11 @@ class KFAC(CurvatureOptimizer):
         refresh = step % self.inverse_update_period == 0
         inverses = tf.cond(
             refresh,
-            lambda: self._tensors(kronecker.invert(self._as_factors([s / weight for s in sums]),
-                                                   damping)),
+            lambda: kronecker.factor_tensors(kronecker.invert(
+                self._factors([s / weight for s in sums]), damping)),
             lambda: [tf.convert_to_tensor(s) for s in self._inverses])
         gradient = flatten(gradients)
-        proposal = -flatten(kronecker.apply(self._as_factors(inverses), gradients))
+        proposal = -flatten(kronecker.apply(self._factors(inverses), gradients))
         previous = flatten([tf.convert_to_tensor(p) for p in self._previous_updates])
 
         def quadratic_forms(vectors):
