@@ -1,39 +1,51 @@
-"""Martens' (2010) MNIST deep autoencoder: Hessian-free vs Adam vs SGD with Nesterov momentum.
+"""Martens' (2010) MNIST deep autoencoder: K-FAC vs Adam vs SGD + Nesterov vs Hessian-free.
 
 784-1000-500-250-30 encoder, mirrored decoder, logistic units except the linear code layer;
 cross-entropy on the logistic outputs summed over the 784 pixels and averaged over images
 (`binary_crossentropy` with `loss_weights=784`), weight cost `0.5 * 2e-5 |w|²` (`L2(1e-5)`),
 sparse initialization (15 incoming N(0, 1) weights per unit, zero biases), no pre-training. All
 methods start from the same weights and train on the full 60000-image training set for the same
-wall-clock budget (`--minutes`) in this one run, one after the other. The clock counts training
-only: every `--eval-every` seconds it stops while the per-image squared reconstruction error
-(summed over pixels, averaged over images) is measured on the whole training and test sets.
+wall-clock budget (`--minutes`). The clock counts training only: every `--eval-every` seconds it
+stops while the per-image squared reconstruction error (summed over pixels, averaged over
+images) is measured on the whole training and test sets.
 
-Settings: HessianFree with Martens' defaults (lambda 45, 5e-4 stopping rule, curvature and
-preconditioner on a quarter of each batch) except CG capped at `--hf-cg` iterations (Martens: 250),
-on batches of `--hf-batch` images, and lambda floored at `--hf-min-damping` (Martens: 0). The batch
-and cap are the best of 4-minute pilots on 2 CPUs (training error on 10000 images after 4 minutes:
-batch 2000 / CG 50: 4.63, 2000 / 100: 6.79, 1000 / 50: 5.28): with per-iteration costs this high,
-more, shorter iterations win. Adam and SGD+Nesterov train on batches of 200 (Sutskever et al.
-2013); their learning rate (and Adam's, and the momentum 0.99 of SGD) is the best of a grid, each
-grid point trained for `--pilot-seconds` from the same start, judged by the training error at the
-end.
+The whole comparison takes hours, so it runs in groups, one or more per invocation
+(`--groups`), each merged into `results/deep_autoencoder.json` (replacing that group's earlier
+results; every group records its sitting); the Markdown table and plot are rebuilt from all of
+them. K-FAC and Adam are one group, so they are always measured in the same sitting:
 
-Then a LeNet-5 classification run: HessianFree against SDLM on the subset of
-`benchmarks/optimizers_mnist.py`, for `--lenet-minutes` each.
+- `kfac_pilots`: K-FAC at each of `--kfac-pilot-batches` for `--kfac-pilot-minutes` each, to
+  choose `--kfac-batch`.
+- `kfac_adam`: Adam's learning rate (best of `ADAM_RATES`, each trained `--pilot-seconds` and
+  judged by the training error on 10000 images), then K-FAC and Adam for `--minutes` each, then
+  the cost of a K-FAC step in plain gradients at K-FAC's batch size (`step_costs`).
+- `nesterov`: SGD with Nesterov momentum 0.99, its rate the best of `NESTEROV_RATES` likewise.
+- `hessian_free`: HessianFree with Martens' defaults (lambda 45, 5e-4 stopping rule, curvature
+  and preconditioner on a quarter of each batch) except CG capped at `--hf-cg` (Martens: 250) on
+  batches of `--hf-batch`, lambda floored at `--hf-min-damping` (Martens: 0; without a floor
+  lambda collapsed and HF diverged after 12 minutes). Batch and cap: the best of 4-minute pilots
+  (training error on 10000 images after 4 minutes: batch 2000 / CG 50: 4.63, 2000 / 100: 6.79,
+  1000 / 50: 5.28).
+- `lenet`: LeNet-5 classification on the 6000-image subset of `benchmarks/optimizers_mnist.py`:
+  K-FAC against SDLM and Adam, `--lenet-minutes` each.
 
-Usage: python benchmarks/deep_autoencoder.py [--minutes 30] [--data DIR] [...]
+Adam and SGD + Nesterov train on batches of 200 (Sutskever et al. 2013).
+
+Usage: python benchmarks/deep_autoencoder.py --groups kfac_adam [--minutes 30] [--data DIR]
 """
 
 import argparse
+import json
+import statistics
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
-from _common import RESULTS, environment, write
+from _common import RESULTS, environment, interleaved_times, write
 
 import keras_secondorder as ks
+from keras_secondorder.curvature import BatchCurvature, kronecker
 from keras_secondorder.datasets import lenet_preprocess, mnist
 from keras_secondorder.models import SparseInitializer, deep_autoencoder, lenet5
 
@@ -41,19 +53,33 @@ ADAM_RATES = (1e-4, 3e-4, 1e-3)
 NESTEROV_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 SMALL_BATCH = 200
 HF_KEYS = ("cg_iterations", "rho", "damping", "step_size", "model_reduction", "rejected_steps")
+KFAC_KEYS = ("damping", "rho", "step_learning_rate", "step_momentum", "inverse_refreshes",
+             "skipped_steps")
 MARTENS_ERRORS = {"train": 1.64, "test": 2.78}  # Random-init HF, Martens 2010, table 1.
+# kfac-jax 0.0.8 on this machine (same model, objective and start; its autoencoder example's
+# settings): training error at 5 / 15 / 30 minutes, seconds per step, plain gradients per step.
+KFAC_JAX = {
+    2000: {"train": {5: 1.97, 15: 1.34}, "test": {5: 2.95, 15: 3.03}, "step_seconds": 0.43,
+           "gradients_per_step": 3.6},
+    10000: {"train": {5: 9.90, 15: 1.62, 30: 1.24}, "test": {5: 9.70, 15: 3.12, 30: 3.53},
+            "step_seconds": 2.0, "gradients_per_step": 3.0},
+}
+GROUPS = ("kfac_pilots", "kfac_adam", "nesterov", "hessian_free", "lenet")
 
 
 class WallClock(keras.callbacks.Callback):
     """Stops training after `budget` seconds of training, measuring every `every` seconds.
 
-    Time spent measuring is not counted. `measurements` holds `(seconds, measure(model))`.
+    Time spent measuring is not counted (tracing and compiling, in the first step, are).
+    `measurements` holds `(seconds, measure(model))`, `step_logs` the `keys` of every step's logs
+    (when the optimizer logs them), `steps` the number of steps and `first_step` the seconds of
+    the first.
     """
 
-    def __init__(self, budget, every, measure):
+    def __init__(self, budget, every, measure, keys=()):
         super().__init__()
-        self.budget, self.every, self.measure = budget, every, measure
-        self.measurements, self.step_logs = [], []
+        self.budget, self.every, self.measure, self.keys = budget, every, measure, keys
+        self.measurements, self.step_logs, self.steps = [], [], 0
 
     def on_train_begin(self, logs=None):
         self.measurements.append((0.0, self.measure(self.model)))
@@ -64,8 +90,11 @@ class WallClock(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         elapsed = self.elapsed()
-        if logs and "cg_iterations" in logs:  # HessianFree's diagnostics, step by step.
-            self.step_logs.append({key: float(logs[key]) for key in HF_KEYS})
+        self.steps += 1
+        if self.steps == 1:
+            self.first_step = elapsed
+        if self.keys and logs and self.keys[0] in logs:
+            self.step_logs.append({key: float(logs[key]) for key in self.keys})
         if elapsed >= self.next or elapsed >= self.budget:
             pause = time.perf_counter()
             values = self.measure(self.model)
@@ -100,13 +129,14 @@ def autoencoder(seed=0):
                                     kernel_regularizer=keras.regularizers.L2(1e-5)))
 
 
-def train(build, optimizer, data, batch_size, seconds, every, measure, loss, loss_weights=None):
+def train(build, optimizer, data, batch_size, seconds, every, measure, loss, loss_weights=None,
+          keys=()):
     model = build()
     model.compile(optimizer, loss, loss_weights=loss_weights)
-    clock = WallClock(seconds, every, measure)
+    clock = WallClock(seconds, every, measure, keys)
     model.fit(*data, batch_size=batch_size, epochs=100000, shuffle=True, verbose=0,
               callbacks=[clock])
-    return clock.measurements, clock.step_logs
+    return clock
 
 
 def at(measurements, seconds):
@@ -115,56 +145,130 @@ def at(measurements, seconds):
     return after[0] if after else None
 
 
-def pilot(make, rates, data, args, measure):
-    """The grid point with the lowest training error after `--pilot-seconds`."""
-    errors = {}
-    for rate in rates:
-        measurements, _ = train(autoencoder, make(rate), data, SMALL_BATCH, args.pilot_seconds,
-                                args.pilot_seconds, measure, "binary_crossentropy", [784.0])
-        error = measurements[-1][1]
-        errors[rate] = error if np.isfinite(error) else float("inf")
-        print(f"  pilot lr={rate}: {errors[rate]:.3f}", flush=True)
-    return min(errors, key=errors.get), errors
+class Autoencoder:
+    """The autoencoder's data and error measurements, and one training run of it."""
 
+    def __init__(self, args):
+        (x_train, _), (x_test, _) = mnist(args.data)
+        self.images = (x_train.reshape(-1, 784) / 255.0).astype("float32")
+        self.train_error = squared_error_of(self.images)
+        self.test_error = squared_error_of((x_test.reshape(-1, 784) / 255.0).astype("float32"))
+        self.pilot_error = squared_error_of(self.images[:10000])
+        self.args = args
 
-def autoencoder_part(args):
-    (x_train, _), (x_test, _) = mnist(args.data)
-    train_images = (x_train.reshape(-1, 784) / 255.0).astype("float32")
-    test_images = (x_test.reshape(-1, 784) / 255.0).astype("float32")
-    train_error, test_error = squared_error_of(train_images), squared_error_of(test_images)
-    pilot_error = squared_error_of(train_images[:10000])
+    def both(self, model):
+        return {"train": self.train_error(model), "test": self.test_error(model)}
 
-    def both(model):
-        return {"train": train_error(model), "test": test_error(model)}
-
-    data = (train_images, train_images)
-    adam_rate, adam_pilot = pilot(keras.optimizers.Adam, ADAM_RATES, data, args, pilot_error)
-    nesterov_rate, nesterov_pilot = pilot(
-        lambda rate: keras.optimizers.SGD(rate, momentum=0.99, nesterov=True), NESTEROV_RATES,
-        data, args, pilot_error)
-    runs = {
-        "hessian_free": (ks.optimizers.HessianFree(max_cg_iterations=args.hf_cg,
-                                                   min_damping=args.hf_min_damping),
-                         args.hf_batch),
-        f"adam lr={adam_rate}": (keras.optimizers.Adam(adam_rate), SMALL_BATCH),
-        f"sgd nesterov 0.99 lr={nesterov_rate}": (
-            keras.optimizers.SGD(nesterov_rate, momentum=0.99, nesterov=True), SMALL_BATCH),
-    }
-    results = {}
-    for name, (optimizer, batch_size) in runs.items():
+    def run(self, name, optimizer, batch_size, minutes=None, keys=()):
+        """One training run: its curve, errors at the checkpoints, steps and step time."""
         print(name, flush=True)
-        measurements, step_logs = train(autoencoder, optimizer, data, batch_size,
-                                        args.minutes * 60, args.eval_every, both,
-                                        "binary_crossentropy", [784.0])
-        results[name] = {"batch_size": batch_size, "curve": measurements}
-        for minutes in args.checkpoints:
-            results[name][f"at_{minutes}_min"] = at(measurements, minutes * 60)
-        if step_logs:
-            results[name]["hf_steps"] = step_logs
-    return results, {"adam": adam_pilot, "nesterov": nesterov_pilot}
+        minutes = self.args.minutes if minutes is None else minutes
+        clock = train(autoencoder, optimizer, (self.images, self.images), batch_size,
+                      minutes * 60, min(self.args.eval_every, minutes * 60), self.both,
+                      "binary_crossentropy", [784.0], keys)
+        seconds = clock.measurements[-1][0]
+        # Seconds per step after the first (which traces and compiles).
+        result = {"batch_size": batch_size, "curve": clock.measurements, "steps": clock.steps,
+                  "first_step_seconds": clock.first_step,
+                  "step_seconds": (seconds - clock.first_step) / max(clock.steps - 1, 1),
+                  "best_test": min(values["test"] for _, values in clock.measurements)}
+        for checkpoint in self.args.checkpoints:
+            result[f"at_{checkpoint}_min"] = at(clock.measurements, checkpoint * 60)
+        if clock.step_logs:
+            result["step_logs"] = clock.step_logs
+        return result
+
+    def pilot(self, make, rates):
+        """The rate with the lowest training error (10000 images) after `--pilot-seconds`."""
+        errors = {}
+        for rate in rates:
+            clock = train(autoencoder, make(rate), (self.images, self.images), SMALL_BATCH,
+                          self.args.pilot_seconds, self.args.pilot_seconds, self.pilot_error,
+                          "binary_crossentropy", [784.0])
+            error = clock.measurements[-1][1]
+            errors[rate] = error if np.isfinite(error) else float("inf")
+            print(f"  pilot lr={rate}: {errors[rate]:.3f}", flush=True)
+        return min(errors, key=errors.get), errors
 
 
-def lenet_part(args):
+def kfac(args, **overrides):
+    settings = {"damping": args.kfac_damping, "inverse_update_period": args.kfac_inverse_period,
+                **overrides}
+    return ks.optimizers.KFAC(**settings)
+
+
+def kfac_pilots_group(args, data):
+    runs = {}
+    for batch_size in args.kfac_pilot_batches:
+        runs[f"K-FAC batch {batch_size}"] = data.run(
+            f"K-FAC pilot, batch {batch_size}", kfac(args), batch_size,
+            minutes=args.kfac_pilot_minutes, keys=KFAC_KEYS)
+    return {"runs": runs}
+
+
+def kfac_adam_group(args, data):
+    adam_rate, adam_pilot = data.pilot(keras.optimizers.Adam, ADAM_RATES)
+    runs = {
+        f"K-FAC batch {args.kfac_batch}": data.run("K-FAC", kfac(args), args.kfac_batch,
+                                                   keys=KFAC_KEYS),
+        f"Adam lr={adam_rate}": data.run("Adam", keras.optimizers.Adam(adam_rate), SMALL_BATCH),
+    }
+    return {"runs": runs, "pilots": {str(r): e for r, e in adam_pilot.items()},
+            "costs": step_costs(args, data.images[:args.kfac_batch])}
+
+
+def nesterov_group(args, data):
+    def make(rate):
+        return keras.optimizers.SGD(rate, momentum=0.99, nesterov=True)
+
+    rate, errors = data.pilot(make, NESTEROV_RATES)
+    return {"runs": {f"SGD + Nesterov 0.99 lr={rate}": data.run("SGD + Nesterov", make(rate),
+                                                                 SMALL_BATCH)},
+            "pilots": {str(r): e for r, e in errors.items()}}
+
+
+def hessian_free_group(args, data):
+    optimizer = ks.optimizers.HessianFree(max_cg_iterations=args.hf_cg,
+                                          min_damping=args.hf_min_damping)
+    name = f"HessianFree batch {args.hf_batch} CG {args.hf_cg} min_damping {args.hf_min_damping}"
+    return {"runs": {name: data.run("HessianFree", optimizer, args.hf_batch, keys=HF_KEYS)}}
+
+
+def step_costs(args, images):
+    """Seconds per step on one batch: a plain gradient, K-FAC (adaptive, fixed rate), inverses.
+
+    The plain gradient is a `fit` step of SGD with rate 0 (gradient and a trivial update); the
+    K-FAC steps are `fit` steps too, timed over a multiple of the inverse period so that their
+    mean includes the amortized inverse refresh. `invert` is the refresh alone.
+    """
+    models = {"gradient": keras.optimizers.SGD(0.0),
+              "kfac_adaptive": kfac(args),
+              "kfac_fixed_rate": kfac(args, learning_rate=1e-3, momentum=0.9)}
+    steps = {}
+    for name, optimizer in models.items():
+        model = autoencoder()
+        model.compile(optimizer, "binary_crossentropy", loss_weights=[784.0])
+        steps[name] = lambda model=model: model.train_on_batch(images, images)
+    model = autoencoder()
+    model.compile("sgd", "binary_crossentropy", loss_weights=[784.0])
+    factors = BatchCurvature(model, (images, images)).kronecker_factors()
+    invert = tf.function(lambda: kronecker.factor_tensors(kronecker.invert(factors, 1.0)))
+    steps["invert"] = lambda: [t.numpy() for t in invert()]
+    times = interleaved_times(steps, runs=4 * args.kfac_inverse_period,
+                              warmup=args.kfac_inverse_period)
+    costs = {name: {"median": statistics.median(values), "mean": statistics.fmean(values)}
+             for name, values in times.items()}
+    gradient = costs["gradient"]["median"]
+    for name in ("kfac_adaptive", "kfac_fixed_rate"):
+        costs[name]["gradients"] = costs[name]["mean"] / gradient
+    costs["invert"]["amortized"] = costs["invert"]["median"] / args.kfac_inverse_period
+    costs["invert"]["share_of_step"] = (costs["invert"]["amortized"]
+                                        / costs["kfac_adaptive"]["mean"])
+    print(json.dumps(costs, indent=1), flush=True)
+    return costs
+
+
+def lenet_group(args, data):
     (x_train, y_train), (x_test, y_test) = mnist(args.data)
     train_data = (lenet_preprocess(x_train[:6000]), y_train[:6000].astype("int32"))
     test_data = (lenet_preprocess(x_test[:2000]), y_test[:2000].astype("int32"))
@@ -179,19 +283,34 @@ def lenet_part(args):
         keras.utils.set_random_seed(0)
         return ks.wrap(lenet5())
 
-    runs = {"hessian_free batch 2000": (ks.optimizers.HessianFree(damping=1.0), 2000),
-            "sdlm eps=0.005 batch 32": (ks.optimizers.SDLM(0.005, reestimate_every=187), 32)}
+    runs = {f"K-FAC batch {args.lenet_kfac_batch}": (ks.optimizers.KFAC(),
+                                                     args.lenet_kfac_batch),
+            "SDLM eps=0.005 batch 32": (ks.optimizers.SDLM(0.005, reestimate_every=187), 32),
+            "Adam lr=0.001 batch 128": (keras.optimizers.Adam(1e-3), 128)}
     results = {}
     for name, (optimizer, batch_size) in runs.items():
         print(name, flush=True)
-        measurements, _ = train(build, optimizer, train_data, batch_size, args.lenet_minutes * 60,
-                                args.lenet_minutes * 15, measure,
-                                "sparse_categorical_crossentropy")
-        results[name] = {"curve": measurements, "final": measurements[-1][1]}
-    return results
+        clock = train(build, optimizer, train_data, batch_size, args.lenet_minutes * 60,
+                      args.lenet_minutes * 15, measure, "sparse_categorical_crossentropy")
+        results[name] = {"curve": clock.measurements, "final": clock.measurements[-1][1],
+                         "steps": clock.steps}
+    return {"runs": results}
 
 
-def plot(results, path):
+RUNNERS = {"kfac_pilots": kfac_pilots_group, "kfac_adam": kfac_adam_group,
+           "nesterov": nesterov_group, "hessian_free": hessian_free_group,
+           "lenet": lenet_group}
+AUTOENCODER_GROUPS = ("kfac_adam", "nesterov", "hessian_free")
+
+
+def autoencoder_runs(groups):
+    """`{name: run}` of the main comparison, with each run's sitting."""
+    return {name: {**run, "sitting": groups[group]["sitting"]}
+            for group in AUTOENCODER_GROUPS if group in groups
+            for name, run in groups[group]["runs"].items()}
+
+
+def plot(runs, path):
     """Training (solid) and test (dashed) error against training minutes, log scale."""
     import matplotlib
 
@@ -199,95 +318,140 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for name, result in results.items():
+    for name, result in runs.items():
         minutes = [elapsed / 60 for elapsed, _ in result["curve"]]
         line, = axis.plot(minutes, [v["train"] for _, v in result["curve"]], label=name)
         axis.plot(minutes, [v["test"] for _, v in result["curve"]], "--", color=line.get_color())
     axis.axhline(MARTENS_ERRORS["train"], color="gray", lw=0.8, label="Martens 2010 HF (train)")
     axis.set(xlabel="training time (minutes)", ylabel="squared reconstruction error per image",
-             yscale="log", title="MNIST deep autoencoder (solid: train, dashed: test)")
-    axis.legend()
+             yscale="log", ylim=(1, 20),
+             title="MNIST deep autoencoder (solid: train, dashed: test)")
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def markdown(results, pilots, lenet, args):
-    names = list(results)
+def error_cells(run, checkpoints):
+    cells = []
+    for minutes in checkpoints:
+        value = run.get(f"at_{minutes}_min")
+        cells.append("-" if value is None else f"{value['train']:.2f} / {value['test']:.2f}")
+    return cells
+
+
+def markdown(stored, args):
+    groups = stored["groups"]
+    runs = autoencoder_runs(groups)
+    checkpoints = args.checkpoints
     lines = [
-        "# Deep autoencoder (MNIST): Hessian-free vs Adam vs SGD + Nesterov",
+        "# Deep autoencoder (MNIST): K-FAC vs Adam vs SGD + Nesterov vs Hessian-free",
         "",
-        f"Per-image squared reconstruction error (train / test), full sets, {args.minutes} min "
-        f"of training per method on this machine ({environment()['cpus']} CPUs), same run. "
-        "Generated by `benchmarks/deep_autoencoder.py`.",
+        f"Per-image squared reconstruction error (train / test), full sets, {args.minutes:g} min "
+        f"of training per method on this machine ({environment()['cpus']} CPUs, nothing else "
+        "running). Generated by `benchmarks/deep_autoencoder.py`; K-FAC and Adam in the same "
+        "sitting.",
         "",
-        "| method | batch | " + " | ".join(f"{m} min" for m in args.checkpoints) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in args.checkpoints) + " |",
+        "| method | batch | steps | s / step | " + " | ".join(f"{m} min" for m in checkpoints)
+        + " | best test | sitting |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in checkpoints)
+        + " | --- | --- |",
     ]
-    for name in names:
-        cells = []
-        for minutes in args.checkpoints:
-            value = results[name][f"at_{minutes}_min"]
-            cells.append("-" if value is None else f"{value['train']:.2f} / {value['test']:.2f}")
-        lines.append(f"| {name} | {results[name]['batch_size']} | " + " | ".join(cells) + " |")
-    best = {}
-    for minutes in args.checkpoints:
-        values = {n: results[n][f"at_{minutes}_min"] for n in names}
-        finite = {n: v["train"] for n, v in values.items() if v and np.isfinite(v["train"])}
-        best[minutes] = min(finite, key=finite.get) if finite else None
-    hf_final = results["hessian_free"][f"at_{args.checkpoints[-1]}_min"] or (
-        results["hessian_free"]["curve"][-1][1])
-    steps = results["hessian_free"]["hf_steps"]
-    lines += [
-        "",
-        "Lowest training error: " + ", ".join(f"{m} min: {best[m]}" for m in args.checkpoints)
-        + ".",
-        f"Martens (2010) reports {MARTENS_ERRORS['train']} train / {MARTENS_ERRORS['test']} test "
-        f"for random-init HF (hours on a GPU); here HF reached {hf_final['train']:.2f} train, "
-        f"{hf_final['train'] - MARTENS_ERRORS['train']:.2f} above it.",
-        f"HF: {len(steps)} iterations, CG iterations per step median "
-        f"{np.median([step['cg_iterations'] for step in steps]):.0f} (max "
-        f"{max(step['cg_iterations'] for step in steps):.0f}), "
-        f"{steps[-1]['rejected_steps']:.0f} rejected steps, final lambda "
-        f"{steps[-1]['damping']:.3g}.",
-        "",
-        f"![error against time]({args.name}.png)",
-        "",
-        f"Learning-rate pilots ({args.pilot_seconds:.0f} s each, training error on 10000 "
-        f"images): Adam {pilots['adam']}, Nesterov {pilots['nesterov']}.",
-        "",
-        f"## LeNet-5 (6000-image subset, {args.lenet_minutes} min each)",
-        "",
-        "| method | training loss | test error (2000 images) |",
-        "| --- | --- | --- |",
-    ]
-    for name, result in lenet.items():
-        lines.append(f"| {name} | {result['final']['train_loss']:.4f} | "
-                     f"{100 * result['final']['test_error']:.2f}% |")
+    for name, run in runs.items():
+        step_seconds = f"{run['step_seconds']:.3f}" if "step_seconds" in run else "-"
+        lines.append(f"| {name} | {run['batch_size']} | {run.get('steps', '-')} | "
+                     f"{step_seconds} | " + " | ".join(error_cells(run, checkpoints))
+                     + f" | {run['best_test']:.2f} | {run['sitting']} |")
+    for batch, anchor in KFAC_JAX.items():
+        cells = [f"{anchor['train'][m]:.2f} / {anchor['test'][m]:.2f}" if m in anchor["train"]
+                 else "-" for m in checkpoints]
+        lines.append(f"| kfac-jax 0.0.8 (earlier session) | {batch} | - | "
+                     f"{anchor['step_seconds']} | " + " | ".join(cells) + " | - | - |")
+    lowest = []
+    for minutes in checkpoints:
+        values = {n: r[f"at_{minutes}_min"]["train"] for n, r in runs.items()
+                  if r.get(f"at_{minutes}_min") and np.isfinite(r[f"at_{minutes}_min"]["train"])}
+        if values:
+            best = min(values, key=values.get)
+            lowest.append(f"{minutes} min: {best} ({values[best]:.2f})")
+    lines += ["", "Lowest training error: " + ", ".join(lowest) + ".",
+              f"Martens (2010): {MARTENS_ERRORS['train']} train / {MARTENS_ERRORS['test']} test "
+              "for random-init HF (hours on a GPU).", "",
+              f"![error against time]({args.name}.png)", ""]
+    if "kfac_adam" in groups:
+        group = groups["kfac_adam"]
+        costs = group["costs"]
+        lines += [
+            f"Adam's rate: best of {group['pilots']} ({args.pilot_seconds:.0f} s each, training "
+            "error on 10000 images).",
+            "",
+            f"Cost of a step at K-FAC's batch ({group['settings']['kfac_batch']}), "
+            "`fit` steps on one batch, interleaved: plain gradient (SGD, rate 0) "
+            f"{costs['gradient']['median']:.3f} s; K-FAC adaptive (mean over a multiple of the "
+            f"inverse period) {costs['kfac_adaptive']['mean']:.3f} s = "
+            f"{costs['kfac_adaptive']['gradients']:.2f} gradients; K-FAC with a fixed rate and "
+            f"momentum {costs['kfac_fixed_rate']['mean']:.3f} s = "
+            f"{costs['kfac_fixed_rate']['gradients']:.2f} gradients; the inverse refresh "
+            f"{costs['invert']['median']:.3f} s, amortized {costs['invert']['amortized']:.3f} s "
+            f"= {100 * costs['invert']['share_of_step']:.1f}% of the adaptive step.",
+            "",
+        ]
+    if "kfac_pilots" in groups:
+        lines += [f"K-FAC batch-size pilots ({groups['kfac_pilots']['sitting']}; train / test "
+                  "error at each evaluation):", ""]
+        for name, run in groups["kfac_pilots"]["runs"].items():
+            points = ", ".join(f"{elapsed / 60:.1f} min {v['train']:.2f}"
+                               for elapsed, v in run["curve"][1:])
+            lines.append(f"- {name}: {run['step_seconds']:.3f} s / step; {points}")
+        lines.append("")
+    if "nesterov" in groups:
+        lines += [f"Nesterov's rate: best of {groups['nesterov']['pilots']}.", ""]
+    if "lenet" in groups:
+        lines += [
+            f"## LeNet-5 (6000-image subset, {groups['lenet']['settings']['lenet_minutes']:g} "
+            f"min each, {groups['lenet']['sitting']})",
+            "",
+            "| method | steps | training loss | test error (2000 images) |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, result in groups["lenet"]["runs"].items():
+            lines.append(f"| {name} | {result['steps']} | {result['final']['train_loss']:.4f} | "
+                         f"{100 * result['final']['test_error']:.2f}% |")
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--groups", nargs="+", choices=GROUPS, required=True)
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--checkpoints", type=float, nargs="+", default=[5, 15, 30])
+    parser.add_argument("--checkpoints", type=float, nargs="+", default=[5, 10, 15, 30])
     parser.add_argument("--eval-every", type=float, default=150.0)
     parser.add_argument("--pilot-seconds", type=float, default=45.0)
+    parser.add_argument("--kfac-batch", type=int, default=2000)
+    parser.add_argument("--kfac-damping", type=float, default=1.0)
+    parser.add_argument("--kfac-inverse-period", type=int, default=5)
+    parser.add_argument("--kfac-pilot-batches", type=int, nargs="+", default=[1000, 2000, 6000])
+    parser.add_argument("--kfac-pilot-minutes", type=float, default=4.0)
     parser.add_argument("--hf-batch", type=int, default=2000)
     parser.add_argument("--hf-cg", type=int, default=50)
-    parser.add_argument("--hf-min-damping", type=float, default=0.0)
+    parser.add_argument("--hf-min-damping", type=float, default=0.01)
     parser.add_argument("--lenet-minutes", type=float, default=3.0)
+    parser.add_argument("--lenet-kfac-batch", type=int, default=1000)
     parser.add_argument("--data", default=None)
     parser.add_argument("--name", default="deep_autoencoder")
     args = parser.parse_args()
     args.checkpoints = [c if c != int(c) else int(c) for c in args.checkpoints]
-    results, pilots = autoencoder_part(args)
-    lenet = lenet_part(args)
-    payload = {"environment": environment(), "settings": vars(args), "autoencoder": results,
-               "pilots": {k: {str(r): e for r, e in v.items()} for k, v in pilots.items()},
-               "lenet5": lenet, "martens_2010": MARTENS_ERRORS}
-    plot(results, RESULTS / f"{args.name}.png")
-    write(args.name, payload, markdown(results, pilots, lenet, args))
+    path = RESULTS / f"{args.name}.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored.setdefault("groups", {})
+    data = Autoencoder(args)
+    for group in args.groups:
+        sitting = time.strftime("%Y-%m-%d %H:%M")
+        stored["groups"][group] = {"sitting": sitting, "environment": environment(),
+                                   "settings": vars(args), **RUNNERS[group](args, data)}
+        stored["martens_2010"], stored["kfac_jax"] = MARTENS_ERRORS, KFAC_JAX
+        write(args.name, stored, markdown(stored, args))  # After each group: nothing is lost.
+    plot(autoencoder_runs(stored["groups"]), RESULTS / f"{args.name}.png")
 
 
 if __name__ == "__main__":
