@@ -3,9 +3,10 @@
 Products (lists of tensors shaped like the trainable variables, traceable in `tf.function` and
 compilable with `jit_compile=True`): `hessian_vector_product`,
 `finite_difference_hessian_vector_product`, `gauss_newton_vector_product`,
-`fisher_vector_product`. Operators (`tf.linalg.LinearOperator` over the flat parameters):
-`HessianOperator`, `GGNOperator`, `FisherOperator`. Diagonals: `diagonal`. Kronecker-factored
-blocks (K-FAC): `kronecker`. Dense references of small models:
+`fisher_vector_product`, `kronecker_vector_product` (K-FAC's matrix). Operators
+(`tf.linalg.LinearOperator` over the flat parameters): `HessianOperator`, `GGNOperator`,
+`FisherOperator`, `KroneckerFactoredOperator`. Diagonals: `diagonal`. Kronecker-factored blocks
+(K-FAC): `kronecker`. Dense references of small models:
 `keras_secondorder.curvature.dense`.
 """
 
@@ -20,6 +21,10 @@ from keras_secondorder.curvature.hessian import (
     gradient,
     hessian_vector_product,
 )
+from keras_secondorder.curvature.kronecker import (
+    KroneckerFactoredOperator,
+    kronecker_vector_product,
+)
 from keras_secondorder.curvature.objective import Batch, Objective
 from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.output_losses import SUPPORTED as SUPPORTED_LOSSES
@@ -32,6 +37,7 @@ __all__ = [
     "FisherOperator",
     "GGNOperator",
     "HessianOperator",
+    "KroneckerFactoredOperator",
     "Objective",
     "SUPPORTED_LOSSES",
     "batch_diagonal",
@@ -47,5 +53,6 @@ __all__ = [
     "hessian_vector_product",
     "kinds",
     "kronecker",
+    "kronecker_vector_product",
     "unflatten",
 ]

@@ -37,20 +37,28 @@ diagonal from `diagonal` (`"ggn"`, `"ggn_mc"` or `"empirical_fisher"`). Weight p
 
 Each supported layer class has one `KroneckerRule` (`register_rule`, as bbprop's rules):
 `Dense` and `Conv2D` (channels last, no groups) here.
+
+As a curvature kind (`"kfac"`, with the exact output Hessians): `kronecker_vector_product`,
+`KroneckerFactoredOperator` (whose `solve` is the exact inverse of `K + λ I`, by
+eigendecompositions of the factors) and the dense reference `dense_matrix`.
 """
 
 import math
 from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_secondorder._keras_compat import all_layers, intercepted_calls, with_linear_activation
 from keras_secondorder._validation import one_of
+from keras_secondorder.curvature import dense, kinds
 from keras_secondorder.curvature.diagonal import batch_diagonal
 from keras_secondorder.curvature.layer_rules import RuleRegistry
+from keras_secondorder.curvature.objective import as_batch, as_objective
+from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.output_losses import rows
-from keras_secondorder.curvature.vectors import scalar
+from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
 
 FISHERS = ("exact", "sampled", "empirical")
 _DIAGONAL_METHODS = {"exact": "ggn", "sampled": "ggn_mc", "empirical": "empirical_fisher"}
@@ -267,6 +275,13 @@ def layout(model, variables):
     return blocks, tuple(i for i in range(len(variables)) if i not in covered)
 
 
+def structure(model, variables):
+    """`KroneckerFactors` of `layout`'s structure holding no tensors (`with_factor_tensors`)."""
+    blocks, diagonal_indices = layout(model, variables)
+    return KroneckerFactors(tuple(KroneckerBlock(layer, indices, None, None)
+                                  for layer, indices, _, _ in blocks), diagonal_indices, ())
+
+
 def _output_factors(fisher, output_loss, batch, z, seed):
     if fisher == "exact":
         return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
@@ -354,3 +369,138 @@ def invert(factors, damping):
 def solve(factors, vector, damping):
     """`v -> (damped K-FAC matrix)⁻¹ v`: `apply(invert(factors, damping), vector)`."""
     return apply(invert(factors, damping), vector)
+
+
+def eigendecomposition(factors):
+    """`factors` with each block's `A` and `G` as `(eigenvalues, eigenvectors)` pairs."""
+    blocks = tuple(block._replace(a=tf.linalg.eigh(block.a), g=tf.linalg.eigh(block.g))
+                   for block in factors.blocks)
+    return factors._replace(blocks=blocks)
+
+
+def eigen_solve(decomposition, vector, damping):
+    """`v -> (K + λ I)⁻¹ v` exactly, `decomposition` from `eigendecomposition`.
+
+    `(A ⊗ G + λ I)⁻¹ = (Q_A ⊗ Q_G) (Λ_A ⊗ Λ_G + λ)⁻¹ (Q_A ⊗ Q_G)ᵀ`, so a block's matrix
+    `V -> Q_A [(Q_Aᵀ V Q_G) ⊘ (λ_A λ_Gᵀ + λ)] Q_Gᵀ`; diagonal blocks `v -> v ⊘ (d + λ)`. Unlike
+    `solve`'s factored damping (what K-FAC steps with), this inverts the damped matrix itself.
+    """
+    result = {}
+    for block in decomposition.blocks:
+        (values_a, vectors_a), (values_g, vectors_g) = block.a, block.g
+        rotated = tf.transpose(vectors_a) @ _as_matrix(block, vector) @ vectors_g
+        scaled = rotated / (values_a[:, None] * values_g[None, :] + damping)
+        result.update(_from_matrix(block, vectors_a @ scaled @ tf.transpose(vectors_g), vector))
+    for index, diagonal in zip(decomposition.diagonal_indices, decomposition.diagonals,
+                               strict=True):
+        result[index] = vector[index] / (diagonal + damping)
+    return [result[index] for index in range(len(vector))]
+
+
+def _kronecker_product(objective, batch, vector):
+    return apply(kronecker_factors(objective, batch, "exact"), vector)
+
+
+def kronecker_vector_product(model, x, y, vector, sample_weight=None, *, loss=None,
+                             variables=None, training=None):
+    """`v -> K v`, `K` the K-FAC matrix of the batch with the exact output Hessians.
+
+    Kronecker blocks `A ⊗ G` for the Dense and Conv2D layers, the Gauss-Newton diagonal for the
+    other variables (`kronecker_factors(..., fisher="exact")`): one forward pass and one
+    backward pass per output unit.
+
+    Args:
+        model: a built Keras model, or an `Objective`.
+        x, y: the batch.
+        vector: list of tensors shaped like the variables.
+        sample_weight: optional per-example weights.
+        loss, variables, training: see `Objective`.
+
+    Returns:
+        `K v` as a list shaped like the variables.
+    """
+    objective = as_objective(model, loss, variables, training)
+    return _kronecker_product(objective, as_batch((x, y, sample_weight)), vector)
+
+
+class KroneckerFactoredOperator(CurvatureOperator):
+    """K-FAC's block-diagonal matrix `K` (exact output Hessians) as a `tf.linalg.LinearOperator`.
+
+    `matvec` is `K v + λ v`, `solve` the exact `(K + λ I)⁻¹` (`eigen_solve`: an
+    eigendecomposition of every factor, cubic in its size, per call). The factors are computed
+    when a product or solve runs (they follow the weights); over several batches each factor is
+    averaged, weighted by batch size: the factors of all their examples, so that the matrix is
+    Kronecker-factored and its inverse cheap (the mean of the batches' Kronecker products is
+    not). See `CurvatureOperator` for the arguments; `solve` needs `K + λ I` positive definite
+    (`damping > 0` unless every factor is).
+    """
+
+    positive_semidefinite = True
+    splits_at_outputs = True
+    batch_product = staticmethod(_kronecker_product)
+
+    def __init__(self, model, data, **kwargs):
+        super().__init__(model, data, **kwargs)
+        self._structure = structure(self.objective.model, self.objective.variables)
+        self._compiled_factors = tf.function(self._factor_tensors)
+        self._compiled_solve = tf.function(self._solve_rows)
+
+    def _factor_tensors(self):
+        total = None
+        for weight, batch in zip(self._batch_weights, self.batches, strict=True):
+            part = [weight * t for t in factor_tensors(kronecker_factors(self.objective, batch,
+                                                                         "exact"))]
+            total = part if total is None else [a + b for a, b in zip(total, part, strict=True)]
+        return total
+
+    def factors(self):
+        """The `KroneckerFactors` of the data at the current weights."""
+        return with_factor_tensors(self._structure, self._compiled_factors())
+
+    def _list_product(self, vector):
+        vector = self.objective.check_vector(vector)
+        return [self.damping * v + p
+                for v, p in zip(vector, apply(self.factors(), vector), strict=True)]
+
+    def _solve_rows(self, rows_of_rhs):
+        decomposition = eigendecomposition(self.factors())
+        damping = scalar(self.damping, self.dtype)
+        shapes = self.objective.shapes
+        return tf.map_fn(lambda row: flatten(eigen_solve(decomposition, unflatten(row, shapes),
+                                                         damping)), rows_of_rhs)
+
+    def _solve(self, rhs, adjoint=False, adjoint_arg=False):
+        del adjoint  # Self-adjoint.
+        columns = tf.linalg.adjoint(rhs) if adjoint_arg else rhs
+        return tf.transpose(self._compiled_solve(tf.transpose(columns)))
+
+
+def dense_matrix(model, x, y, sample_weight=None, *, loss=None, variables=None, training=None,
+                 max_parameters=dense.MAX_DENSE_PARAMETERS):
+    """The K-FAC matrix (exact output Hessians) on one batch, a dense `(P, P)` tensor.
+
+    The reference of `KroneckerFactoredOperator` and `kronecker_vector_product`: each block's
+    factors (the estimator's, themselves tested against per-example dense computations) placed
+    entry by entry, `K[(i, j), (k, l)] = A[i, k] G[j, l]` for the kernel entries `W[i, j]`
+    (row-major) and the bias `b[j]` as the last row `i` of `[W; b]`; the other variables'
+    diagonal entries those of the dense Gauss-Newton matrix (`dense.ggn`); zero elsewhere.
+
+    Args: as `dense.ggn`.
+    """
+    objective = as_objective(model, loss, variables, training)
+    gauss_newton = np.diag(dense.ggn(objective, x, y, sample_weight,
+                                     max_parameters=max_parameters).numpy())
+    factors = kronecker_factors(objective, as_batch((x, y, sample_weight)), "exact")
+    sizes = [math.prod(shape) for shape in objective.shapes]
+    offsets = np.cumsum([0, *sizes])
+    matrix = np.zeros((offsets[-1], offsets[-1]))
+    for block in factors.blocks:
+        positions = np.concatenate([offsets[i] + np.arange(sizes[i]) for i in block.indices])
+        matrix[np.ix_(positions, positions)] = np.kron(block.a.numpy(), block.g.numpy())
+    for index in factors.diagonal_indices:
+        span = np.arange(offsets[index], offsets[index + 1])
+        matrix[span, span] = gauss_newton[span]
+    return tf.constant(matrix, dtype=objective.dtype)
+
+
+kinds.register("kfac", KroneckerFactoredOperator, dense_matrix)

@@ -33,7 +33,8 @@ class KFAC(CurvatureOptimizer):
     every inverse_update_period steps: (A + π sqrt(λ) I)⁻¹, (G + sqrt(λ)/π I)⁻¹, 1/(d + λ)
     Δ = -(A + π sqrt(λ) I)⁻¹ ∇_W (G + sqrt(λ)/π I)⁻¹ per block, -∇/(d + λ) elsewhere
     δ = α Δ + μ δ_prev,  (α, μ) = argmin of ½ δᵀ(C + λ I)δ + gᵀδ   (learning_rate=None)
-                         or the given learning_rate and momentum
+                         or the given learning_rate and momentum, α then clipped to
+                         α min(1, sqrt(kl_clip / (α² |gᵀΔ|)))       (kl_clip)
     w <- w + δ
     every damping_period steps: rho = (f(w + δ) - f(w)) / M(δ);
         λ <- λ ω if rho > 3/4, λ / ω if rho < 1/4     (ω = damping_decay)
@@ -57,6 +58,13 @@ class KFAC(CurvatureOptimizer):
             or a float or schedule, a fixed `α` used with `momentum`. Defaults to `None`.
         momentum: `μ` with a fixed `learning_rate` (must be `None` with the adaptive one).
             Defaults to `None` (0 with a fixed rate).
+        kl_clip: with a fixed `learning_rate`, a bound `κ` on the step's size in the metric
+            of the damped K-FAC matrix `F`: `α` shrinks by `min(1, sqrt(κ / (α² gᵀF⁻¹g)))`,
+            so that the natural-gradient step's estimated KL divergence `½ α² gᵀF⁻¹g`
+            stays below `κ / 2` (Ba, Grosse & Martens 2017). Where the curvature is small
+            the preconditioned step is long, and a fixed rate that suits the rest of
+            training overshoots there; the adaptive rate (`learning_rate=None`) bounds the
+            step by the quadratic model instead. Defaults to `None` (no clipping).
         damping: the initial `λ`. It plays two parts: Tikhonov damping of the factors (a
             trust region that also absorbs the Kronecker approximation's error) and the
             damping of the quadratic model. It adapts, so a poor start costs a few dozen
@@ -85,22 +93,27 @@ class KFAC(CurvatureOptimizer):
           approximate curvature (ICML).
         - Grosse, Martens, 2016: A Kronecker-factored approximate Fisher matrix for
           convolution layers (ICML).
+        - Ba, Grosse, Martens, 2017: Distributed second-order optimization using
+          Kronecker-factored approximations (ICLR).
     """
 
-    def __init__(self, learning_rate=None, momentum=None, damping=1.0, min_damping=1e-8,
-                 damping_period=5, damping_decay=0.95**5, factor_decay=0.95,
+    def __init__(self, learning_rate=None, momentum=None, kl_clip=None, damping=1.0,
+                 min_damping=1e-8, damping_period=5, damping_decay=0.95**5, factor_decay=0.95,
                  inverse_update_period=5, fisher="sampled", seed=0, name="kfac", **kwargs):
         adaptive = learning_rate is None
-        if adaptive and momentum is not None:
-            raise ValueError(
-                f"KFAC takes `momentum` (received {momentum!r}) only with a fixed "
-                "`learning_rate`: with learning_rate=None the quadratic model chooses both each "
-                "step. Pass a learning_rate, or remove momentum."
-            )
+        for setting, value in (("momentum", momentum), ("kl_clip", kl_clip)):
+            if adaptive and value is not None:
+                raise ValueError(
+                    f"KFAC takes `{setting}` (received {value!r}) only with a fixed "
+                    "`learning_rate`: with learning_rate=None the quadratic model chooses the "
+                    f"step's rate and momentum. Pass a learning_rate, or remove {setting}."
+                )
         super().__init__(learning_rate=1.0 if adaptive else learning_rate, name=name, **kwargs)
         self.adaptive = adaptive
         self.momentum = (None if momentum is None else
                          number(momentum, "momentum", lambda v: 0 <= v < 1, "in [0, 1)"))
+        self.kl_clip = (None if kl_clip is None else
+                        number(kl_clip, "kl_clip", lambda v: v > 0, "> 0"))
         self.initial_damping = number(damping, "damping", lambda v: v > 0, "> 0")
         self.min_damping = number(min_damping, "min_damping", lambda v: 0 <= v <= damping,
                                   f"in [0, damping={damping!r}]")
@@ -123,9 +136,7 @@ class KFAC(CurvatureOptimizer):
         super().build(variables)
         self._blocks, self._diagonal_indices = kronecker.layout(model, variables)
         # The factors' structure; their tensors come from the slots or the batch.
-        self._structure = kronecker.KroneckerFactors(
-            tuple(kronecker.KroneckerBlock(layer, indices, None, None)
-                  for layer, indices, _, _ in self._blocks), self._diagonal_indices, ())
+        self._structure = kronecker.structure(model, variables)
         dtype = variables[0].dtype
         # Per block: the running sums of A and G and their damped inverses; per other variable
         # its diagonal's running sum and damped inverse. The sums are divided by
@@ -201,6 +212,9 @@ class KFAC(CurvatureOptimizer):
         else:
             rate = tf.cast(learning_rate, dtype)
             momentum = scalar(self.momentum or 0.0, dtype)
+            if self.kl_clip is not None:
+                rate = clipped_rate(rate, -tf.reduce_sum(gradient * proposal),
+                                    scalar(self.kl_clip, dtype))
         update = rate * proposal + momentum * previous
         adapt = (step + 1) % self.damping_period == 0
         rho, new_damping = self._adapted_damping(curvature, adapt, update, gradient, shapes,
@@ -278,6 +292,7 @@ class KFAC(CurvatureOptimizer):
             config["learning_rate"] = None
         config.update({
             "momentum": self.momentum,
+            "kl_clip": self.kl_clip,
             "damping": self.initial_damping,
             "min_damping": self.min_damping,
             "damping_period": self.damping_period,
@@ -288,3 +303,12 @@ class KFAC(CurvatureOptimizer):
             "seed": self.seed,
         })
         return config
+
+
+def clipped_rate(rate, squared_norm, kl_clip):
+    """`α min(1, sqrt(κ / (α² gᵀF⁻¹g)))`: the rate whose step keeps `α² gᵀF⁻¹g <= κ`.
+
+    `squared_norm` is `gᵀF⁻¹g = -gᵀΔ` (non-negative: `F` is positive definite).
+    """
+    size = rate * rate * squared_norm
+    return tf.where(size > kl_clip, rate * tf.sqrt(kl_clip / size), rate)

@@ -10,7 +10,7 @@ from conftest import make_case
 
 import keras_secondorder as ks
 from keras_secondorder.callbacks import HessianSpectrum, PowerMethodLR
-from keras_secondorder.curvature import dense
+from keras_secondorder.curvature import dense, kronecker
 
 
 def least_squares(seed=0):
@@ -232,6 +232,20 @@ def test_measurements_leave_weights_and_optimizer_state_untouched(float64):
     assert len(changed) == 1
 
 
+def test_hessian_spectrum_of_the_kfac_matrix(float64):
+    # curvature="kfac": the K-FAC matrix's top eigenvalues, against its dense matrix.
+    model, x, y, _ = make_case("mlp", "ce", batch=40)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    callback = HessianSpectrum((x, y), k=2, num_samples=40, batch_size=40, verbose=0,
+                               curvature="kfac")
+    callback.set_model(model)
+    values = callback.measure()
+    matrix = kronecker.dense_matrix(model, x, y).numpy()
+    eigenvalues = np.linalg.eigvalsh(matrix)
+    np.testing.assert_allclose([values["kfac_top_1"], values["kfac_top_2"]],
+                               eigenvalues[::-1][:2], rtol=1e-6)
+
+
 def test_hessian_spectrum_logs_plots_and_histograms(float64, tmp_path):
     model, x, y, _ = make_case("mlp", "ce", batch=40)
     callback = HessianSpectrum((x, y), every_n_epochs=2, k=3, num_samples=32, batch_size=16,
@@ -277,7 +291,7 @@ def test_power_method_lr_bad_arguments(float64, kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(curvature="kfac"), "`curvature` must be one of"),
+    (dict(curvature="newton"), "`curvature` must be one of"),
     (dict(k=0), "`k` must be a positive integer"),
     (dict(num_samples=0), "`num_samples` must be a positive integer"),
 ])

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import MODELS, make_case, random_like
 
-from keras_secondorder import curvature
+from keras_secondorder import curvature, spectrum
 from keras_secondorder.curvature import dense, kronecker
 from keras_secondorder.curvature.objective import Objective, as_batch
 
@@ -187,3 +187,52 @@ def test_factors_trace_and_compile_with_xla(float64, kind):
         traced = tf.function(lambda: tensors(tf.constant([1, 2])), jit_compile=jit_compile)()
         for actual, expected in zip(traced, eager, strict=True):
             np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "bn_dropout"])
+def test_operator_solve_is_the_exact_inverse_of_the_damped_matrix(float64, kind):
+    # (K + λI)⁻¹ by eigendecompositions of the factors, against a dense solve; at λ = 0 the
+    # undamped K (positive definite here) is inverted too.
+    model, x, y, weights = make_case(kind, "ce")
+    matrix = kronecker.dense_matrix(model, x, y, weights).numpy()
+    rhs = np.stack([curvature.flatten(random_like(model, seed)).numpy() for seed in (1, 2)],
+                   axis=1)
+    for damping in (0.0, 0.3):
+        operator = curvature.KroneckerFactoredOperator(model, (x, y, weights), damping=damping)
+        expected = np.linalg.solve(matrix + damping * np.eye(len(matrix)), rhs)
+        np.testing.assert_allclose(operator.solve(rhs), expected, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(operator.matmul(operator.solve(rhs)), rhs, rtol=1e-9,
+                                   atol=1e-12)
+
+
+def test_operator_over_batches_averages_the_factors(float64):
+    # Two batches of 6 and 3 examples: factors averaged by size are the factors of all 9, so
+    # the operator equals the one on the whole batch (a mean of the batches' Kronecker
+    # products would not).
+    model, x, y, _ = make_case("mlp", "ce", batch=9)
+    whole = curvature.KroneckerFactoredOperator(model, (x, y)).to_dense()
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    averaged = curvature.KroneckerFactoredOperator(model, batches).to_dense()
+    np.testing.assert_allclose(averaged, whole, rtol=1e-10, atol=1e-14)
+    mean_of_products = sum(n / 9 * kronecker.dense_matrix(model, *batch).numpy()
+                           for n, batch in zip((6, 3), batches, strict=True))
+    assert np.max(np.abs(mean_of_products - whole)) > 1e-3 * np.max(np.abs(whole))
+
+
+def test_operator_follows_the_weights_and_feeds_the_spectrum_tools(float64):
+    # Its eigenvalues are the products of the factors' (and the diagonal entries); Lanczos on
+    # the operator finds the largest.
+    model, x, y, weights = make_case("mlp", "ce")
+    operator = curvature.KroneckerFactoredOperator(model, (x, y, weights))
+    result = factors(model, x, y, weights)
+    expected = np.sort(np.concatenate(
+        [np.outer(np.linalg.eigvalsh(b.a), np.linalg.eigvalsh(b.g)).ravel()
+         for b in result.blocks] + [d.numpy().ravel() for d in result.diagonals]))
+    np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(operator.to_dense())), expected,
+                               rtol=1e-9, atol=1e-12)
+    top = spectrum.lanczos(operator, k=2, tol=1e-10, which="largest").largest
+    np.testing.assert_allclose(top, expected[::-1][:2], rtol=1e-8)
+    for variable in model.trainable_variables:
+        variable.assign(variable * 1.5)
+    np.testing.assert_allclose(operator.to_dense(), kronecker.dense_matrix(model, x, y, weights),
+                               rtol=1e-10, atol=1e-14)

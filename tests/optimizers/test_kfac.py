@@ -28,8 +28,10 @@ def damped_inverses(a, g, damping):
 
 
 def reference_training(model, steps, damping, omega, learning_rate=None, momentum=0.0,
-                       decay=0.95):
+                       kl_clip=None, decay=0.95):
     """KFAC's update written out in numpy (float64), exact Fisher, every period 1.
+
+    Returns the weights, the damping, the last rho and the rates of the steps.
 
     Mean squared error over k = 2 outputs: c_n = s_n / N, H_n = (2 / k) I. Layer 2's
     pre-activation is z (J = I); layer 1's is s1 with J_n = W2ᵀ diag(1 - h_n²).
@@ -38,6 +40,7 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
     n, k = len(X), 2
     c, w = WEIGHTS / n, WEIGHTS / WEIGHTS.sum()
     sums, weight, previous = None, 0.0, np.zeros(w1.size + b1.size + w2.size + b2.size)
+    rates = []
 
     def loss(w1, b1, w2, b2):
         z = np.tanh(X @ w1 + b1) @ w2 + b2
@@ -74,6 +77,11 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
                 alpha, mu = -(gradient @ proposal) / (proposal @ curvature @ proposal), 0.0
         else:
             alpha, mu = learning_rate, momentum
+            # KL clipping: alpha² gᵀF⁻¹g <= kl_clip, F the damped K-FAC matrix.
+            size = alpha**2 * -(gradient @ proposal)
+            if kl_clip is not None and size > kl_clip:
+                alpha *= np.sqrt(kl_clip / size)
+        rates.append(alpha)
         update = alpha * proposal + mu * previous
         predicted = 0.5 * update @ curvature @ update + gradient @ update
         sizes = np.cumsum([w1.size, b1.size, w2.size])
@@ -85,19 +93,21 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
         elif rho > 0.75:
             damping *= omega
         (w1, b1, w2, b2), previous = new, update
-    return [w1, b1, w2, b2], damping, rho
+    return [w1, b1, w2, b2], damping, rho, rates
 
 
-@pytest.mark.parametrize("learning_rate", [None, 0.3])
-def test_steps_equal_the_numpy_reimplementation(float64, learning_rate):
+@pytest.mark.parametrize("learning_rate, kl_clip", [(None, None), (0.3, None), (0.3, 0.01)])
+def test_steps_equal_the_numpy_reimplementation(float64, learning_rate, kl_clip):
     reference_model = tiny_model()
     reference_model.compile(loss="mse")
-    expected, damping, rho = reference_training(
+    expected, damping, rho, rates = reference_training(
         reference_model, 3, 0.5, 0.9, learning_rate,
-        momentum=0.5 if learning_rate is not None else 0.0)
+        momentum=0.5 if learning_rate is not None else 0.0, kl_clip=kl_clip)
+    if kl_clip is not None:  # The bound binds on some steps and not on others.
+        assert min(rates) < learning_rate and max(rates) == learning_rate
     model = tiny_model()
     model.compile(KFAC(learning_rate, momentum=None if learning_rate is None else 0.5,
-                       damping=0.5, damping_decay=0.9, damping_period=1,
+                       kl_clip=kl_clip, damping=0.5, damping_decay=0.9, damping_period=1,
                        inverse_update_period=1, fisher="exact"), "mse")
     history = model.fit(X, Y, sample_weight=WEIGHTS, batch_size=12, epochs=3, shuffle=False,
                         verbose=0).history
@@ -105,6 +115,7 @@ def test_steps_equal_the_numpy_reimplementation(float64, learning_rate):
         np.testing.assert_allclose(actual, wanted, rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(float(model.optimizer.damping), damping, rtol=1e-12)
     np.testing.assert_allclose(history["rho"][-1], rho, rtol=1e-5)  # Logged in float32.
+    np.testing.assert_allclose(history["step_learning_rate"], rates, rtol=1e-6)  # float32.
     assert history["inverse_refreshes"] == [1.0, 2.0, 3.0]
     assert history["skipped_steps"] == [0.0, 0.0, 0.0]
 
@@ -175,13 +186,17 @@ def test_a_non_finite_batch_changes_nothing_and_is_counted():
 
 
 def test_config_round_trip_and_bad_settings():
-    optimizer = KFAC(0.1, momentum=0.8, damping=2.0, fisher="exact", seed=3)
+    optimizer = KFAC(0.1, momentum=0.8, kl_clip=1e-3, damping=2.0, fisher="exact", seed=3)
     config = optimizer.get_config()
     again = KFAC.from_config(config)
     assert again.get_config() == config
     assert KFAC().get_config()["learning_rate"] is None
     with pytest.raises(ValueError, match="`momentum`.*only with a fixed `learning_rate`"):
         KFAC(momentum=0.9)
+    with pytest.raises(ValueError, match="`kl_clip`.*only with a fixed `learning_rate`"):
+        KFAC(kl_clip=1e-3)
+    with pytest.raises(ValueError, match="kl_clip"):
+        KFAC(0.1, kl_clip=0.0)
     with pytest.raises(ValueError, match="fisher"):
         KFAC(fisher="true")
     with pytest.raises(ValueError, match="damping_decay"):
