@@ -35,8 +35,11 @@ whose weights are only partly in the objective) gets a diagonal block: the same 
 diagonal from `diagonal` (`"ggn"`, `"ggn_mc"` or `"empirical_fisher"`). Weight penalties
 (`model.losses`) are not in the factors; K-FAC optimizers fold them into the damping.
 
+An `Embedding` is a Dense layer on one-hot inputs: `A` is diagonal, the weighted token counts,
+and is kept as a vector.
+
 Each supported layer class has one `KroneckerRule` (`register_rule`, as bbprop's rules):
-`Dense` and `Conv2D` (channels last, no groups) here.
+`Dense`, `Conv2D` (channels last, no groups) and `Embedding` (no LoRA, not quantized) here.
 
 As a curvature kind (`"kfac"`, with the exact output Hessians): `kronecker_vector_product`,
 `KroneckerFactoredOperator` (whose `solve` is the exact inverse of `K + λ I`, by
@@ -66,7 +69,7 @@ _ZERO = tf.UnconnectedGradients.ZERO
 
 
 class KroneckerRule:
-    """How one kind of layer maps to a Kronecker block: its inputs `ā` and its weight matrix.
+    """How one kind of layer maps to a Kronecker block: its weight matrix, `A` and `s`.
 
     The layer computes `activation(s)` with `s` linear in its kernel (and bias), every position
     `t` of `s` being `Wᵀ ā_t` for the input vector `ā_t` that `inputs` returns.
@@ -76,13 +79,34 @@ class KroneckerRule:
         """Whether this layer's settings are covered (else its weights get diagonal blocks)."""
         return True
 
+    def variables(self, layer):
+        """The block's variables: the kernel (its last axis the units), then the bias."""
+        return [layer.kernel, layer.bias] if layer.use_bias else [layer.kernel]
+
+    def a_shape(self, layer):
+        """The shape of `A`: `(inputs + 1, inputs + 1)` with a bias, `(inputs, inputs)` without."""
+        size = math.prod(layer.kernel.shape[:-1]) + int(layer.use_bias)
+        return (size, size)
+
+    def pre_activation(self, layer, inputs, *args, **kwargs):
+        """`(s, output)` of one call: the layer without its activation, then the activation."""
+        s = type(layer).call(with_linear_activation(layer), inputs, *args, **kwargs)
+        return s, layer.activation(s)
+
     def inputs(self, layer, x):
         """The input vectors `a_nt` (without the bias's 1), shape `(N, T, inputs)`."""
         raise NotImplementedError
 
-    def kernel_shape(self, layer):
-        """The kernel's shape, which `(inputs, units)` is a reshape of."""
-        return tuple(layer.kernel.shape)
+    def input_factor(self, layer, calls_inputs, example_weights):
+        """`(A, T)`: `sum_n w_n sum_t ā_nt ā_ntᵀ` over the calls' inputs, positions per example."""
+        inputs = tf.concat([self.inputs(layer, x) for x in calls_inputs], axis=1)
+        if layer.use_bias:
+            inputs = tf.concat([inputs, tf.ones_like(inputs[..., :1])], axis=-1)
+        # One matrix product over the (example, position) rows; a three-operand einsum
+        # materialized an (N, d, d) tensor (2.8 s at batch 2000 on the autoencoder).
+        rows_of_inputs = tf.reshape(inputs, [-1, inputs.shape[-1]])
+        weighted = tf.reshape(example_weights[:, None, None] * inputs, [-1, inputs.shape[-1]])
+        return tf.matmul(weighted, rows_of_inputs, transpose_a=True), tf.shape(inputs)[1]
 
 
 class DenseRule(KroneckerRule):
@@ -105,6 +129,35 @@ class Conv2DRule(KroneckerRule):
         return tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-1]])
 
 
+class EmbeddingRule(KroneckerRule):
+    """`s_t = E[k_t] = Eᵀ e_(k_t)`: `ā_t` is the one-hot vector of token `k_t`, so `A` is diagonal.
+
+    `A = diag(sum_n w_n sum_t e_(k_nt))`, the weighted token counts, kept as that vector
+    (`V -> diag(A) V G`): a vocabulary's `A` as a matrix would be its size squared.
+    """
+
+    def supports(self, layer):
+        return not layer.lora_enabled and layer.quantization_mode is None
+
+    def variables(self, layer):
+        return [layer.embeddings]
+
+    def a_shape(self, layer):
+        return (layer.input_dim,)
+
+    def pre_activation(self, layer, inputs, *args, **kwargs):
+        s = type(layer).call(layer, inputs, *args, **kwargs)
+        return s, s
+
+    def input_factor(self, layer, calls_inputs, example_weights):
+        tokens = tf.concat([tf.reshape(tf.cast(x, tf.int32), [tf.shape(x)[0], -1])
+                            for x in calls_inputs], axis=1)
+        weights = tf.broadcast_to(example_weights[:, None], tf.shape(tokens))
+        counts = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]),
+                                              tf.reshape(tokens, [-1]), layer.input_dim)
+        return counts, tf.shape(tokens)[1]
+
+
 _RULES = RuleRegistry(KroneckerRule, "a kronecker.KroneckerRule instance")
 
 
@@ -121,6 +174,7 @@ def rule_for(layer):
 
 register_rule(keras.layers.Dense, DenseRule())
 register_rule(keras.layers.Conv2D, Conv2DRule())
+register_rule(keras.layers.Embedding, EmbeddingRule())
 
 
 class KroneckerBlock(NamedTuple):
@@ -187,9 +241,9 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
 
     def intercept(layer, call, inputs, *args, **kwargs):
         # s = the layer without its activation; the activation applied as the layer would.
-        pre_activation = type(layer).call(with_linear_activation(layer), inputs, *args, **kwargs)
+        pre_activation, output = rule_for(layer).pre_activation(layer, inputs, *args, **kwargs)
         recorded[id(layer)].append((inputs, pre_activation))
-        return layer.activation(pre_activation)
+        return output
 
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(params)
@@ -217,17 +271,10 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
     blocks = []
     for layer, total in zip(layers, sums, strict=True):
         rule = rule_for(layer)
-        inputs = tf.concat([rule.inputs(layer, x) for x, _ in recorded[id(layer)]], axis=1)
-        if layer.use_bias:
-            inputs = tf.concat([inputs, tf.ones_like(inputs[..., :1])], axis=-1)
-        # One matrix product over the (example, position) rows; a three-operand einsum
-        # materialized an (N, d, d) tensor (2.8 s at batch 2000 on the autoencoder).
-        rows_of_inputs = tf.reshape(inputs, [-1, inputs.shape[-1]])
-        weighted = tf.reshape(example_weights[:, None, None] * inputs, [-1, inputs.shape[-1]])
-        a = tf.matmul(weighted, rows_of_inputs, transpose_a=True)
-        count = tf.cast(tf.shape(inputs)[1], total.dtype)  # T, positions per example.
-        indices = tuple(positions[id(v)] for v in _block_variables(layer))
-        blocks.append(KroneckerBlock(layer, indices, a, total / count))
+        a, count = rule.input_factor(layer, [x for x, _ in recorded[id(layer)]],
+                                     example_weights)
+        indices = tuple(positions[id(v)] for v in rule.variables(layer))
+        blocks.append(KroneckerBlock(layer, indices, a, total / tf.cast(count, total.dtype)))
     covered = {index for block in blocks for index in block.indices}
     diagonal_indices = tuple(i for i in range(len(objective.variables)) if i not in covered)
     diagonals = ()
@@ -235,10 +282,6 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
         rest = objective.restricted([objective.variables[i] for i in diagonal_indices])
         diagonals = tuple(batch_diagonal(rest, batch, _DIAGONAL_METHODS[fisher], seed=seed))
     return KroneckerFactors(tuple(blocks), diagonal_indices, diagonals)
-
-
-def _block_variables(layer):
-    return [layer.kernel, layer.bias] if layer.use_bias else [layer.kernel]
 
 
 def blocked_layers(model, variables):
@@ -252,7 +295,7 @@ def blocked_layers(model, variables):
     for layer in all_layers(model):
         if rule_for(layer) is None or not layer.trainable:
             continue
-        own = _block_variables(layer)
+        own = rule_for(layer).variables(layer)
         if ({id(v) for v in layer.trainable_variables} == {id(v) for v in own}
                 and all(id(v) in wanted for v in own)):
             layers.append(layer)
@@ -262,15 +305,17 @@ def blocked_layers(model, variables):
 def layout(model, variables):
     """The structure of the factors, without computing them: `(blocks, diagonal_indices)`.
 
-    `blocks` holds one `(layer, indices, dim A, dim G)` per Kronecker block, as the blocks of
-    `kronecker_factors` come; optimizers size their state from it.
+    `blocks` holds one `(layer, indices, shape of A, dim G)` per Kronecker block (`A` a vector
+    where it is diagonal), as the blocks of `kronecker_factors` come; optimizers size their
+    state from it.
     """
     positions = {id(v): index for index, v in enumerate(variables)}
     blocks = []
     for layer in blocked_layers(model, variables):
-        kernel = layer.kernel
-        blocks.append((layer, tuple(positions[id(v)] for v in _block_variables(layer)),
-                       math.prod(kernel.shape[:-1]) + int(layer.use_bias), kernel.shape[-1]))
+        rule = rule_for(layer)
+        own = rule.variables(layer)
+        blocks.append((layer, tuple(positions[id(v)] for v in own), rule.a_shape(layer),
+                       own[0].shape[-1]))
     covered = {index for block in blocks for index in block[1]}
     return blocks, tuple(i for i in range(len(variables)) if i not in covered)
 
@@ -318,6 +363,11 @@ def _from_matrix(block, matrix, vector):
     return parts
 
 
+def _left_multiply(a, matrix):
+    """`A M`, `A` a matrix or (a diagonal `A`) a vector."""
+    return a[:, None] * matrix if a.shape.rank == 1 else a @ matrix
+
+
 def apply(factors, vector):
     """`v -> (block-diagonal K-FAC matrix) v`, `vector` a list shaped like the variables.
 
@@ -325,7 +375,8 @@ def apply(factors, vector):
     """
     result = {}
     for block in factors.blocks:
-        result.update(_from_matrix(block, block.a @ _as_matrix(block, vector) @ block.g, vector))
+        product = _left_multiply(block.a, _as_matrix(block, vector)) @ block.g
+        result.update(_from_matrix(block, product, vector))
     for index, diagonal in zip(factors.diagonal_indices, factors.diagonals, strict=True):
         result[index] = diagonal * vector[index]
     return [result[index] for index in range(len(vector))]
@@ -339,8 +390,8 @@ def factored_damping(a, g, damping):
     `π = sqrt((tr A / dim A) / (tr G / dim G))` balances the two factors' scales, which
     minimizes the norm of those other terms. A zero trace gives `π = 1`.
     """
-    mean_a = tf.linalg.trace(a) / tf.cast(tf.shape(a)[0], a.dtype)
-    mean_g = tf.linalg.trace(g) / tf.cast(tf.shape(g)[0], g.dtype)
+    mean_a = tf.reduce_mean(a if a.shape.rank == 1 else tf.linalg.diag_part(a))
+    mean_g = tf.reduce_mean(tf.linalg.diag_part(g))
     pi = tf.where((mean_a > 0) & (mean_g > 0),
                   tf.sqrt(mean_a / tf.where(mean_g > 0, mean_g, 1.0)), 1.0)
     root = tf.sqrt(scalar(damping, a.dtype))
@@ -354,6 +405,8 @@ def invert(factors, damping):
     Cholesky factorizations; diagonal blocks: `1 / (d + λ)`.
     """
     def inverse(matrix, shift):
+        if matrix.shape.rank == 1:  # A diagonal A.
+            return 1.0 / (matrix + shift)
         eye = tf.eye(tf.shape(matrix)[0], dtype=matrix.dtype)
         return tf.linalg.cholesky_solve(tf.linalg.cholesky(matrix + shift * eye), eye)
 
@@ -371,9 +424,17 @@ def solve(factors, vector, damping):
     return apply(invert(factors, damping), vector)
 
 
+def _eigh(matrix):
+    # A diagonal A is its own eigendecomposition: (values, None for the identity).
+    return (matrix, None) if matrix.shape.rank == 1 else tf.linalg.eigh(matrix)
+
+
 def eigendecomposition(factors):
-    """`factors` with each block's `A` and `G` as `(eigenvalues, eigenvectors)` pairs."""
-    blocks = tuple(block._replace(a=tf.linalg.eigh(block.a), g=tf.linalg.eigh(block.g))
+    """`factors` with each block's `A` and `G` as `(eigenvalues, eigenvectors)` pairs.
+
+    A diagonal `A`'s eigenvectors are the identity, given as `None`.
+    """
+    blocks = tuple(block._replace(a=_eigh(block.a), g=_eigh(block.g))
                    for block in factors.blocks)
     return factors._replace(blocks=blocks)
 
@@ -388,9 +449,13 @@ def eigen_solve(decomposition, vector, damping):
     result = {}
     for block in decomposition.blocks:
         (values_a, vectors_a), (values_g, vectors_g) = block.a, block.g
-        rotated = tf.transpose(vectors_a) @ _as_matrix(block, vector) @ vectors_g
+        rotated = _as_matrix(block, vector) @ vectors_g
+        if vectors_a is not None:
+            rotated = tf.transpose(vectors_a) @ rotated
         scaled = rotated / (values_a[:, None] * values_g[None, :] + damping)
-        result.update(_from_matrix(block, vectors_a @ scaled @ tf.transpose(vectors_g), vector))
+        if vectors_a is not None:
+            scaled = vectors_a @ scaled
+        result.update(_from_matrix(block, scaled @ tf.transpose(vectors_g), vector))
     for index, diagonal in zip(decomposition.diagonal_indices, decomposition.diagonals,
                                strict=True):
         result[index] = vector[index] / (diagonal + damping)
@@ -496,7 +561,9 @@ def dense_matrix(model, x, y, sample_weight=None, *, loss=None, variables=None, 
     matrix = np.zeros((offsets[-1], offsets[-1]))
     for block in factors.blocks:
         positions = np.concatenate([offsets[i] + np.arange(sizes[i]) for i in block.indices])
-        matrix[np.ix_(positions, positions)] = np.kron(block.a.numpy(), block.g.numpy())
+        a = block.a.numpy()
+        matrix[np.ix_(positions, positions)] = np.kron(np.diag(a) if a.ndim == 1 else a,
+                                                       block.g.numpy())
     for index in factors.diagonal_indices:
         span = np.arange(offsets[index], offsets[index + 1])
         matrix[span, span] = gauss_newton[span]

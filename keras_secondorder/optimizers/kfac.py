@@ -24,9 +24,9 @@ _NO_MODEL = (
 class KFAC(CurvatureOptimizer):
     """K-FAC: the gradient preconditioned by a Kronecker-factored Fisher, in `model.fit`.
 
-    Each Dense and Conv2D layer gets a block `A ⊗ G` of the Fisher (Gauss-Newton) matrix, the
-    other variables a diagonal block (`curvature.kronecker`); the step inverts the damped
-    blocks:
+    Each Dense, Conv2D and Embedding layer gets a block `A ⊗ G` of the Fisher (Gauss-Newton)
+    matrix, the other variables a diagonal block (`curvature.kronecker`); the step inverts the
+    damped blocks:
 
     ```
     A, G, d <- exponential moving averages (factor_decay) of each batch's factors
@@ -159,9 +159,8 @@ class KFAC(CurvatureOptimizer):
     def _factor_slots(self, variables, dtype, role):
         """Variables shaped like the factors' tensors (`kronecker.factor_tensors` order)."""
         slots = []
-        for index, (_, _, size_a, size_g) in enumerate(self._blocks):
-            slots.append(self.add_variable((size_a, size_a), dtype=dtype,
-                                           name=f"kfac_{role}_a_{index}"))
+        for index, (_, _, shape_a, size_g) in enumerate(self._blocks):
+            slots.append(self.add_variable(shape_a, dtype=dtype, name=f"kfac_{role}_a_{index}"))
             slots.append(self.add_variable((size_g, size_g), dtype=dtype,
                                            name=f"kfac_{role}_g_{index}"))
         for index in self._diagonal_indices:

@@ -110,6 +110,42 @@ def test_single_dense_layer_with_one_output_is_the_exact_gauss_newton_block(floa
         rtol=1e-10)
 
 
+def embedding_case():
+    """Tokens -> Embedding(7, 3) -> Flatten -> Dense(2, tanh) -> Dense(2), MSE; token 6 unused."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    tail = [keras.layers.Flatten(), keras.layers.Dense(2, activation="tanh"),
+            keras.layers.Dense(2)]
+    model = keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(7, 3),
+                              *tail])
+    model.compile(loss="mse")
+    tokens = rng.integers(0, 6, size=(9, 4))
+    return model, tail, tokens, rng.normal(size=(9, 2)), rng.uniform(0.5, 2, 9)
+
+
+def test_embedding_block_has_the_token_counts_as_a_diagonal_a(float64):
+    # ā_nt is one-hot: A = diag(sum_n w_n sum_t e_(k_nt)); G = sum_n c_n (1/T) sum_t
+    # J_ntᵀ H_n J_nt with J_nt = ∂z_n/∂e_nt, e_nt the embedded token, H_n = (2/k) I (MSE).
+    model, tail, tokens, y, weights = embedding_case()
+    result = factors(model, tokens, y, weights)
+    block = result.blocks[0]
+    assert block.layer is model.layers[0] and tuple(block.a.shape) == (7,)
+    assert block.indices == (0,) and len(result.blocks) == 3
+    expected_a = np.zeros(7)
+    np.add.at(expected_a, tokens, np.broadcast_to((weights / weights.sum())[:, None],
+                                                  tokens.shape))
+    np.testing.assert_allclose(block.a, expected_a, rtol=1e-12, atol=0)
+    embedded = tf.constant(model.layers[0](tokens))
+    with tf.GradientTape() as tape:
+        tape.watch(embedded)
+        z = embedded
+        for layer in tail:
+            z = layer(z)
+    jacobian = tape.batch_jacobian(z, embedded).numpy()  # (N, k, T, 3)
+    expected_g = np.einsum("n,nkto,nktp->op", weights / 9, jacobian, jacobian) * (2 / 2) / 4
+    np.testing.assert_allclose(block.g, expected_g, rtol=1e-10, atol=1e-14)
+
+
 def test_sampled_g_converges_to_the_exact_g(float64):
     # The true Fisher's G with one sampled label per example: unbiased; its mean over draws
     # approaches the exact G at the Monte-Carlo rate.
@@ -135,27 +171,33 @@ def test_other_variables_get_the_curvature_diagonal(float64):
         np.testing.assert_allclose(diagonal, exact[index], rtol=1e-10, atol=1e-15)
 
 
-@pytest.mark.parametrize("kind", ["cnn", "bn_dropout"])
+def case(kind):
+    """`(model, x, y, weights)` of a conftest kind or of `embedding_case`."""
+    if kind == "embedding":
+        model, _, x, y, weights = embedding_case()
+        return model, x, y, weights
+    return make_case(kind, "ce")
+
+
+@pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "embedding"])
 def test_damped_inverse_equals_the_dense_factored_tikhonov_inverse(float64, kind):
     # (A + π sqrt(λ) I)⁻¹ ⊗ (G + sqrt(λ)/π I)⁻¹ per block, π² = (tr A / dim A) / (tr G / dim G);
-    # 1 / (d + λ) on diagonal blocks.
-    model, x, y, weights = make_case(kind, "ce")
+    # 1 / (d + λ) on diagonal blocks. An embedding's A is diagonal.
+    model, x, y, weights = case(kind)
     result = factors(model, x, y, weights)
     vector = random_like(model)
     damping = 0.3
     actual = kronecker.solve(result, vector, damping)
     for block in result.blocks:
         a, g = block.a.numpy(), block.g.numpy()
+        a = np.diag(a) if a.ndim == 1 else a
         pi = np.sqrt((np.trace(a) / len(a)) / (np.trace(g) / len(g)))
         inverse = np.kron(np.linalg.inv(a + pi * np.sqrt(damping) * np.eye(len(a))),
                           np.linalg.inv(g + np.sqrt(damping) / pi * np.eye(len(g))))
-        parts = [vector[i].numpy().ravel() for i in block.indices]
-        kernel_size = parts[0].size
-        expected = inverse @ np.concatenate(parts)
-        np.testing.assert_allclose(actual[block.indices[0]].numpy().ravel(),
-                                   expected[:kernel_size], rtol=1e-10)
-        np.testing.assert_allclose(actual[block.indices[1]], expected[kernel_size:],
-                                   rtol=1e-10)
+        expected = inverse @ np.concatenate([vector[i].numpy().ravel() for i in block.indices])
+        np.testing.assert_allclose(
+            np.concatenate([actual[i].numpy().ravel() for i in block.indices]), expected,
+            rtol=1e-10)
     for index, diagonal in zip(result.diagonal_indices, result.diagonals, strict=True):
         np.testing.assert_allclose(actual[index], vector[index] / (diagonal + damping),
                                    rtol=1e-12)
@@ -189,15 +231,16 @@ def test_factors_trace_and_compile_with_xla(float64, kind):
             np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("kind", ["cnn", "bn_dropout"])
+@pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "embedding"])
 def test_operator_solve_is_the_exact_inverse_of_the_damped_matrix(float64, kind):
-    # (K + λI)⁻¹ by eigendecompositions of the factors, against a dense solve; at λ = 0 the
-    # undamped K (positive definite here) is inverted too.
-    model, x, y, weights = make_case(kind, "ce")
+    # (K + λI)⁻¹ by eigendecompositions of the factors (a diagonal A is its own), against a
+    # dense solve; at λ = 0 the undamped K is inverted too where it is positive definite (the
+    # embedding's unused token has a zero row).
+    model, x, y, weights = case(kind)
     matrix = kronecker.dense_matrix(model, x, y, weights).numpy()
     rhs = np.stack([curvature.flatten(random_like(model, seed)).numpy() for seed in (1, 2)],
                    axis=1)
-    for damping in (0.0, 0.3):
+    for damping in (0.3,) if kind == "embedding" else (0.0, 0.3):
         operator = curvature.KroneckerFactoredOperator(model, (x, y, weights), damping=damping)
         expected = np.linalg.solve(matrix + damping * np.eye(len(matrix)), rhs)
         np.testing.assert_allclose(operator.solve(rhs), expected, rtol=1e-8, atol=1e-12)

@@ -6,13 +6,15 @@ import tensorflow as tf
 from conftest import random_like, relative_error
 
 from keras_secondorder import curvature, spectrum
-from keras_secondorder.curvature import dense
+from keras_secondorder.curvature import dense, kronecker
 from zoo import models as zoo
 
 PRODUCTS = {
     "hessian": (curvature.hessian_vector_product, dense.hessian, curvature.HessianOperator),
     "ggn": (curvature.gauss_newton_vector_product, dense.ggn, curvature.GGNOperator),
     "fisher": (curvature.fisher_vector_product, dense.empirical_fisher, curvature.FisherOperator),
+    "kfac": (curvature.kronecker_vector_product, kronecker.dense_matrix,
+             curvature.KroneckerFactoredOperator),
 }
 GRID = [(name, product) for name in zoo.ZOO for product in PRODUCTS
         if product == "hessian" or name in zoo.SPLIT]
