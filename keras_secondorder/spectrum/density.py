@@ -118,7 +118,7 @@ def _lanczos_quadrature(operator, dimension, num_probes, steps, seed):
     """Per probe the Gauss quadrature of `steps` Lanczos steps: nodes, weights, products."""
     nodes, weights, num_products = [], [], 0
     for probe in range(num_probes):
-        alphas, betas, _ = tridiagonalize(operator, steps, random_unit_vector(dimension, seed,
+        alphas, betas, *_ = tridiagonalize(operator, steps, random_unit_vector(dimension, seed,
                                                                               probe))
         values, vectors = tridiagonal_eigh(alphas, betas)
         num_products += int(alphas.shape[0])

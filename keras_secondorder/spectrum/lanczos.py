@@ -12,7 +12,9 @@ from keras_secondorder.spectrum._krylov import (
 )
 
 LanczosResult = collections.namedtuple(
-    "LanczosResult", ["largest", "smallest", "num_products", "converged", "ritz_values"])
+    "LanczosResult", ["largest", "smallest", "num_products", "converged", "ritz_values",
+                      "largest_residuals", "smallest_residuals", "largest_vectors",
+                      "smallest_vectors"])
 LanczosResult.__doc__ = """Result of `lanczos`.
 
 Attributes:
@@ -21,6 +23,11 @@ Attributes:
     num_products: operator products used.
     converged: whether the wanted Ritz residuals met the tolerance.
     ritz_values: all Ritz values of the last tridiagonal matrix, increasing.
+    largest_residuals, smallest_residuals: `||A y - θ y||` of each returned Ritz pair
+        (`|β_m s_mj|`, zero when the Krylov space is invariant): within it of `θ` lies an
+        eigenvalue of `A`, so it bounds the error of the estimate (float64).
+    largest_vectors, smallest_vectors: the Ritz vectors `y` (unit, float64, one per row in the
+        order of the values), with `return_vectors=True`; else `None`.
 """
 
 
@@ -38,7 +45,9 @@ def tridiagonalize(operator, num_iterations, start, tol=None, k=None, which="bot
         which: the ends `tol` applies to: `"both"`, `"largest"` or `"smallest"`.
 
     Returns:
-        `(alphas, betas, converged)`: the diagonal and off-diagonal of the tridiagonal `T`.
+        `(alphas, betas, converged, basis, residual_norm)`: the diagonal and off-diagonal of
+        the tridiagonal `T`, whether `tol` was met, the Lanczos vectors (a list, one per
+        alpha) and `β_m`, the norm of the last residual (zero for an invariant subspace).
     """
     basis = [start]
     alphas, betas = [], []
@@ -57,11 +66,14 @@ def tridiagonalize(operator, num_iterations, start, tol=None, k=None, which="bot
         if tol is not None and step + 1 >= 2 * k:
             converged = _ritz_converged(alphas, betas, beta, tol, k, which)
         scale = tf.reduce_max(tf.abs(tf.stack(alphas + betas)))
-        if converged or step + 1 == num_iterations or beta <= 1e-12 * scale:
-            break  # Converged, out of steps, or an invariant subspace was found.
+        if beta <= 1e-12 * scale:
+            beta = tf.zeros_like(beta)  # An invariant subspace: the Ritz pairs are exact.
+            break
+        if converged or step + 1 == num_iterations:
+            break
         betas.append(beta)
         basis.append(product / beta)
-    return _vector(alphas), _vector(betas), converged
+    return _vector(alphas), _vector(betas), converged, basis, beta
 
 
 def _vector(values):
@@ -90,7 +102,8 @@ def _ritz_converged(alphas, betas, beta, tol, k, which):
     return bool(tf.reduce_all(residuals <= tol * tf.abs(tf.gather(values, ends))))
 
 
-def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0):
+def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0,
+            return_vectors=False):
     """The `k` largest and `k` smallest (most negative) eigenvalues, by the Lanczos method.
 
     Full reorthogonalization against all previous Lanczos vectors, stored in float64; the cost
@@ -110,6 +123,8 @@ def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0):
             are returned either way; the other end is then only as converged as it happens to
             be. Defaults to `"both"`.
         seed: seed of the random start vector. Defaults to `0`.
+        return_vectors: also return the Ritz vectors (`k` at each end, each of the operator's
+            dimension). Defaults to `False`.
 
     Returns:
         A `LanczosResult`.
@@ -120,12 +135,20 @@ def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0):
     if num_iterations is None:
         num_iterations = min(dimension, max(10 * k, 60))
     positive_int(num_iterations, "num_iterations")
-    alphas, betas, converged = tridiagonalize(operator, num_iterations,
-                                              random_unit_vector(dimension, seed), tol=tol, k=k,
-                                              which=which)
-    values, _ = tridiagonal_eigh(alphas, betas)
-    if len(alphas) == dimension:
-        converged = True  # A full tridiagonalization: the Ritz values are the eigenvalues.
+    alphas, betas, converged, basis, residual_norm = tridiagonalize(
+        operator, num_iterations, random_unit_vector(dimension, seed), tol=tol, k=k,
+        which=which)
+    values, vectors = tridiagonal_eigh(alphas, betas)
+    if len(alphas) == dimension:  # A full tridiagonalization: the Ritz values are exact.
+        converged, residual_norm = True, tf.zeros_like(residual_norm)
     k_found = min(k, int(values.shape[0]))
-    return LanczosResult(values[::-1][:k_found], values[:k_found], int(alphas.shape[0]),
-                         converged, values)
+    residuals = tf.abs(residual_norm * vectors[-1])
+    largest, smallest = slice(-1, -k_found - 1, -1), slice(0, k_found)
+
+    def ritz_vectors(part):  # y_j = V s_j, one per row.
+        return tf.transpose(tf.stack(basis, axis=1) @ vectors[:, part]) if return_vectors \
+            else None
+
+    return LanczosResult(values[largest], values[smallest], int(alphas.shape[0]), converged,
+                         values, residuals[largest], residuals[smallest],
+                         ritz_vectors(largest), ritz_vectors(smallest))

@@ -29,6 +29,33 @@ def test_lanczos_extreme_eigenvalues(hessian_case):
     assert top.converged and top.num_products <= result.num_products
 
 
+def test_lanczos_residuals_bound_the_errors_and_the_ritz_vectors_hold_them(hessian_case):
+    # Stopped early (20 steps): each Ritz value lies within its residual of an eigenvalue, and
+    # the residual is ||A y - θ y|| of its unit Ritz vector y.
+    operator, eigenvalues = hessian_case
+    result = spectrum.lanczos(operator, k=3, num_iterations=20, tol=1e-14, return_vectors=True)
+    assert not result.converged
+    for values, residuals, vectors in (
+            (result.largest, result.largest_residuals, result.largest_vectors),
+            (result.smallest, result.smallest_residuals, result.smallest_vectors)):
+        for value, residual, vector in zip(values.numpy(), residuals.numpy(), vectors,
+                                           strict=True):
+            assert np.min(np.abs(eigenvalues - value)) <= residual * (1 + 1e-8) + 1e-12
+            np.testing.assert_allclose(tf.norm(vector), 1.0, rtol=1e-10)
+            np.testing.assert_allclose(tf.norm(operator.matvec(vector) - value * vector),
+                                       residual, rtol=1e-6, atol=1e-12)
+    assert spectrum.lanczos(operator, k=3).largest_vectors is None
+
+
+def test_power_iteration_residuals_bound_the_errors(hessian_case):
+    # The relative change can stop short of the eigenvalue; the residual bounds its error.
+    operator, eigenvalues = hessian_case
+    result = spectrum.power_iteration(operator, k=1, tol=1e-3, max_iterations=2000)
+    top = eigenvalues[np.argmax(np.abs(eigenvalues))]
+    error = abs(float(result.eigenvalues[0]) - top)
+    assert 0 < error <= float(result.residuals[0])
+
+
 def test_power_iteration_with_deflation(hessian_case):
     operator, eigenvalues = hessian_case
     by_magnitude = eigenvalues[np.argsort(-np.abs(eigenvalues))]
