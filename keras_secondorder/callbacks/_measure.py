@@ -57,6 +57,31 @@ def measurement_batches(data, num_samples, batch_size):
     return batches
 
 
+def disjoint_samples(batches, repeats, num_samples, batch_size):
+    """`repeats` lists of batches, each over its own `num_samples` examples of `batches`.
+
+    The examples are taken in order: repeat `r` gets examples `r n` to `(r + 1) n - 1`.
+
+    Raises:
+        ValueError: `batches` hold fewer than `repeats * num_samples` examples.
+    """
+    positive_int(repeats, "repeats")
+    whole = tf.nest.map_structure(lambda *parts: tf.concat(parts, axis=0), *batches)
+    available = int(tf.shape(tf.nest.flatten(whole[0])[0])[0])
+    if available < repeats * num_samples:
+        raise ValueError(
+            f"{repeats} repeats of {num_samples} samples need {repeats * num_samples} "
+            f"examples; the data hold {available}. Lower the samples or the repeats, or pass "
+            "more data.")
+    repeats_batches = []
+    for end in range(num_samples, (repeats + 1) * num_samples, num_samples):
+        starts = range(end - num_samples, end, batch_size)
+        repeats_batches.append([tf.nest.map_structure(
+            lambda t, start=start, end=end: t[start:min(start + batch_size, end)], whole)
+            for start in starts])
+    return repeats_batches
+
+
 class ProgressOperator(tf.linalg.LinearOperator):
     """Wraps an operator and advances a Keras progress bar at each product (counted)."""
 

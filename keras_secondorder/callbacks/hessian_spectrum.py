@@ -13,6 +13,7 @@ from keras_secondorder.callbacks._measure import (
     OperatorCache,
     ProgressOperator,
     check_inputs_batched,
+    disjoint_samples,
     measurement_batches,
     progress_bar,
 )
@@ -38,6 +39,12 @@ class HessianSpectrum(keras.callbacks.Callback):
     `<c>_top_1/<layer>` and `<c>_mean_diagonal/<layer>` (trace over parameters) for each layer
     with weights: LeCun's observation that second derivatives are smaller in lower layers.
 
+    With `repeats=R > 1` every measurement is made on `R` disjoint sets of `num_samples`
+    examples (`R * num_samples` of `data`): each value logged is their mean, and `<key>_std`
+    their standard deviation, so a plot of `mean ± std` shows how much of a value is the
+    sampling noise of the examples (PyHessian's users saw the top eigenvalue of one model vary
+    tenfold over batches of 128).
+
     The values go into `logs`, so History, CSVLogger and TensorBoard record them when they come
     after this callback in the list. Optionally it writes a PNG of the density per measurement
     to `png_dir`, and the density as a TensorBoard histogram to `tensorboard_log_dir`. Weights
@@ -60,6 +67,7 @@ class HessianSpectrum(keras.callbacks.Callback):
             density_iterations`) the density is exact (see `spectrum.spectral_density`).
             Defaults to `4`.
         per_layer: also measure each layer's diagonal block. Defaults to `False`.
+        repeats: disjoint sets of `num_samples` examples measured. Defaults to `1`.
         png_dir: directory for the density plots. Defaults to `None`: no plots.
         tensorboard_log_dir: directory for the TensorBoard histogram. Defaults to `None`.
         verbose: 1 shows progress. Defaults to `1`.
@@ -68,9 +76,8 @@ class HessianSpectrum(keras.callbacks.Callback):
 
     def __init__(self, data, every_n_epochs=1, k=5, curvature="hessian", num_samples=1000,
                  batch_size=250, lanczos_iterations=None, trace_probes=30,
-                 density_iterations=60, density_probes=4, per_layer=False, png_dir=None,
-                 tensorboard_log_dir=None,
-                 verbose=1, seed=0):
+                 density_iterations=60, density_probes=4, per_layer=False, repeats=1,
+                 png_dir=None, tensorboard_log_dir=None, verbose=1, seed=0):
         super().__init__()
         self.curvature = kinds.get(curvature).name
         self.every_n_epochs = positive_int(every_n_epochs, "every_n_epochs")
@@ -83,8 +90,12 @@ class HessianSpectrum(keras.callbacks.Callback):
         self.per_layer = one_of(per_layer, "per_layer", (False, True))
         self.verbose = one_of(verbose, "verbose", (0, 1, 2, False, True))
         self.seed = integer(seed, "seed")
-        self.batches = measurement_batches(data, num_samples, batch_size)
-        self.operators = OperatorCache(curvature, self.batches)
+        self.repeats = positive_int(repeats, "repeats")
+        self.batches = measurement_batches(data, num_samples * self.repeats, batch_size)
+        self.repeat_batches = ([self.batches] if self.repeats == 1 else
+                               disjoint_samples(self.batches, self.repeats, num_samples,
+                                                batch_size))
+        self.operators = [OperatorCache(curvature, batches) for batches in self.repeat_batches]
         self.png_dir, self.tensorboard_log_dir = png_dir, tensorboard_log_dir
         self.densities = {}  # epoch -> SpectralDensity, for plotting afterwards.
         self._writer = None
@@ -93,7 +104,7 @@ class HessianSpectrum(keras.callbacks.Callback):
         # Refused here, not after an epoch: data that does not fit the model, and (for the
         # Gauss-Newton and Fisher matrices) a model or loss without a Gauss-Newton split.
         check_inputs_batched(self.model, self.batches)
-        self.operators.get(self.model)
+        self.operators[0].get(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
@@ -109,63 +120,61 @@ class HessianSpectrum(keras.callbacks.Callback):
 
     def _names(self):
         name = self.curvature
-        return [f"{name}_top_{i + 1}" for i in range(self.k)] + [
+        names = [f"{name}_top_{i + 1}" for i in range(self.k)] + [
             f"{name}_{key}" for key in ("min", "trace", "negative_fraction",
                                         "negative_fraction_error", "condition")]
+        return names + [f"{key}_std" for key in names] if self.repeats > 1 else names
 
     def measure(self, epoch=None):
         """Measures the spectrum now; returns the values it logs (a dict of floats)."""
         name = self.curvature
         iterations = self.lanczos_iterations or max(10 * self.k, 60)
-        per_layer = len([layer for layer in self.model.layers if layer.trainable_variables])
-        most = (iterations + self.trace_probes) * (1 + self.per_layer * per_layer)
-        progbar = progress_bar(most + self.density_iterations * self.density_probes,
-                               self.verbose, f"{name} products")
-        operator = ProgressOperator(self.operators.get(self.model), progbar)
-        extremes = spectrum.lanczos(operator, k=self.k, num_iterations=iterations,
-                                    seed=self.seed)
-        trace = spectrum.hutchinson_trace(operator, self.trace_probes, seed=self.seed)
-        density = spectrum.spectral_density(operator, num_probes=self.density_probes,
-                                            num_iterations=self.density_iterations,
-                                            seed=self.seed + 1)
-        values = {f"{name}_top_{i + 1}": float(value)
-                  for i, value in enumerate(extremes.largest)}
-        smallest = float(extremes.smallest[0])
-        values.update({
-            f"{name}_min": smallest,
-            f"{name}_trace": float(trace.trace),
-            f"{name}_negative_fraction": float(density.negative_fraction),
-            f"{name}_negative_fraction_error": float(density.negative_fraction_error),
-            f"{name}_condition": float(extremes.largest[0]) / max(abs(smallest), 1e-30),
-        })
-        if self.per_layer:
-            values.update(self._per_layer(name, iterations, progbar))
+        layers = ([layer for layer in self.model.layers if layer.trainable_variables]
+                  if self.per_layer else [])
+        most = self.repeats * ((iterations + self.trace_probes) * (1 + len(layers))
+                               + self.density_iterations * self.density_probes)
+        progbar = progress_bar(most, self.verbose, f"{name} products")
+        per_repeat, densities = [], []
+        for operators in self.operators:
+            blocks = {layer.name: ProgressOperator(
+                operators.get(self.model, layer.trainable_variables), progbar)
+                for layer in layers}
+            summary, density = spectrum.spectrum_summary(
+                ProgressOperator(operators.get(self.model), progbar), k=self.k,
+                num_iterations=iterations, trace_probes=self.trace_probes,
+                density_probes=self.density_probes,
+                density_iterations=self.density_iterations, seed=self.seed, blocks=blocks)
+            per_repeat.append(self._logged(summary))
+            densities.append(density)
+        values = {key: float(np.mean([v[key] for v in per_repeat])) for key in per_repeat[0]}
+        if self.repeats > 1:
+            values.update({f"{key}_std": float(np.std([v[key] for v in per_repeat], ddof=1))
+                           for key in per_repeat[0]})
         if progbar is not None:
             progbar.update(progbar.target, finalize=True)  # Lanczos may have stopped early.
         if self.verbose:
-            print(f"HessianSpectrum: {operator.num_products} {name} products; "
-                  f"top {values[f'{name}_top_1']:.4g}, min {smallest:.4g}, "
-                  f"trace {values[f'{name}_trace']:.4g}, negative fraction "
-                  f"{values[f'{name}_negative_fraction']:.3f}")
-        self.densities[epoch] = density
+            print(f"HessianSpectrum: top {values[f'{name}_top_1']:.4g}, min "
+                  f"{values[f'{name}_min']:.4g}, trace {values[f'{name}_trace']:.4g}, "
+                  f"negative fraction {values[f'{name}_negative_fraction']:.3f}"
+                  + (f" (means over {self.repeats} repeats)" if self.repeats > 1 else ""))
+        self.densities[epoch] = densities[0]
         if self.png_dir is not None:
-            self._plot(density, epoch)
+            self._plot(densities[0], epoch)
         if self.tensorboard_log_dir is not None:
-            self._histogram(density, epoch)
+            self._histogram(densities[0], epoch)
         return values
 
-    def _per_layer(self, name, iterations, progbar):
-        values = {}
-        for layer in self.model.layers:
-            if not layer.trainable_variables:
-                continue
-            block = ProgressOperator(
-                self.operators.get(self.model, layer.trainable_variables), progbar)
-            top = spectrum.lanczos(block, k=1, num_iterations=min(iterations, block.shape[0]),
-                                   seed=self.seed)
-            trace = spectrum.hutchinson_trace(block, self.trace_probes, seed=self.seed)
-            values[f"{name}_top_1/{layer.name}"] = float(top.largest[0])
-            values[f"{name}_mean_diagonal/{layer.name}"] = float(trace.trace) / block.shape[0]
+    def _logged(self, summary):
+        """`spectrum_summary` values under this callback's log names."""
+        name = self.curvature
+        values = {f"{name}_top_{i + 1}": value for i, value in enumerate(summary["largest"])}
+        values.update({f"{name}_min": summary["smallest"][0],
+                       **{f"{name}_{key}": summary[key]
+                          for key in ("trace", "negative_fraction", "negative_fraction_error",
+                                      "condition")}})
+        for layer, block in summary["blocks"].items():
+            values[f"{name}_top_1/{layer}"] = block["largest"]
+            values[f"{name}_mean_diagonal/{layer}"] = block["mean_diagonal"]
         return values
 
     def _plot(self, density, epoch):

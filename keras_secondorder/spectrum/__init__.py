@@ -1,8 +1,11 @@
 """Spectra of the curvature operators: extreme eigenvalues, density, trace.
 
 Every function takes a self-adjoint `tf.linalg.LinearOperator`: `curvature.HessianOperator`,
-`GGNOperator` or `FisherOperator` on one batch or averaged over batches, over all variables or
-one block (`variables=`, e.g. one layer's). Krylov vectors are kept in float64.
+`GGNOperator`, `FisherOperator` or `KroneckerFactoredOperator` on one batch or averaged over
+batches, over all variables or one block (`variables=`, e.g. one layer's). Krylov vectors are
+kept in float64. `spectrum_summary` makes all the measurements of one operator in one call,
+`spread` their mean and standard deviation over repeats; `python -m keras_secondorder.spectrum`
+(or `keras-secondorder spectrum`) runs them on a saved model from the command line.
 """
 
 from keras_secondorder.spectrum.density import (
@@ -19,6 +22,7 @@ from keras_secondorder.spectrum.power import (
     online_power_method,
     power_iteration,
 )
+from keras_secondorder.spectrum.summary import spectrum_summary, spread
 
 __all__ = [
     "HutchinsonTrace",
@@ -32,4 +36,6 @@ __all__ = [
     "online_power_method",
     "power_iteration",
     "spectral_density",
+    "spectrum_summary",
+    "spread",
 ]

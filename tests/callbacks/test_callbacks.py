@@ -232,6 +232,25 @@ def test_measurements_leave_weights_and_optimizer_state_untouched(float64):
     assert len(changed) == 1
 
 
+def test_hessian_spectrum_repeats_log_the_mean_and_spread_over_disjoint_samples(float64):
+    # repeats=2 of 20 examples: examples 0-19 and 20-39, each measured; the log holds the mean
+    # of their top eigenvalues and its standard deviation, against dense Hessians.
+    model, x, y, _ = make_case("mlp", "ce", batch=50)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    callback = HessianSpectrum((x, y), k=1, num_samples=20, batch_size=8, repeats=2, verbose=0)
+    callback.set_model(model)
+    values = callback.measure()
+    tops = [np.linalg.eigvalsh(dense.hessian(model, x[part], y[part]))[-1]
+            for part in (slice(0, 20), slice(20, 40))]
+    np.testing.assert_allclose(values["hessian_top_1"], np.mean(tops), rtol=1e-6)
+    np.testing.assert_allclose(values["hessian_top_1_std"], np.std(tops, ddof=1),
+                               atol=1e-6 * np.mean(tops))
+    assert set(values) == set(callback._names())
+    with pytest.raises(ValueError, match="2 repeats of 30 samples need 60 examples; the data "
+                                         "hold 50"):
+        HessianSpectrum((x, y), num_samples=30, repeats=2)
+
+
 def test_hessian_spectrum_of_the_kfac_matrix(float64):
     # curvature="kfac": the K-FAC matrix's top eigenvalues, against its dense matrix.
     model, x, y, _ = make_case("mlp", "ce", batch=40)
