@@ -1,12 +1,10 @@
-"""What both curvature callbacks share: the data they measure on, operators, progress."""
+"""What both curvature callbacks share: the data they measure on, operators, verbosity."""
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_secondorder import curvature
 from keras_secondorder._validation import positive_int
-from keras_secondorder.curvature.operator import matmul_by_columns
 
 
 def measurement_batches(data, num_samples, batch_size):
@@ -82,31 +80,6 @@ def disjoint_samples(batches, repeats, num_samples, batch_size):
     return repeats_batches
 
 
-class ProgressOperator(tf.linalg.LinearOperator):
-    """Wraps an operator and advances a Keras progress bar at each product (counted)."""
-
-    def __init__(self, operator, progbar=None):
-        self.operator, self.progbar, self.num_products = operator, progbar, 0
-        super().__init__(dtype=operator.dtype, is_self_adjoint=True, is_square=True,
-                         name=operator.name)
-
-    def _shape(self):
-        return self.operator.shape
-
-    def _shape_tensor(self):
-        return self.operator.shape_tensor()
-
-    def _matvec(self, x, adjoint=False):
-        self.num_products += 1
-        if self.progbar is not None:
-            self.progbar.add(1)
-        return self.operator.matvec(x)
-
-    def _matmul(self, x, adjoint=False, adjoint_arg=False):
-        del adjoint  # Self-adjoint.
-        return matmul_by_columns(self, x, adjoint_arg)
-
-
 class OperatorCache:
     """Curvature operators of one model and data, built once per block of variables.
 
@@ -145,9 +118,11 @@ def check_inputs_batched(model, batches):
             "dataset.batch(batch_size); else pass inputs shaped like model.inputs.")
 
 
-def progress_bar(total, verbose, unit):
-    """A Keras progress bar over `total` products, or `None` when `verbose` is 0."""
-    return keras.utils.Progbar(total, unit_name=unit) if verbose else None
+def resolved_verbose(callback, verbose):
+    """A callback's `verbose`, with `"auto"` silent inside a `fit(verbose=0)`."""
+    if verbose == "auto" and (callback.params or {}).get("verbose") == 0:
+        return 0
+    return verbose
 
 
 def is_finite(value):

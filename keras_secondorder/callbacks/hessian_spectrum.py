@@ -8,14 +8,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_secondorder import spectrum
+from keras_secondorder._progress import VERBOSE, Progress
 from keras_secondorder._validation import integer, one_of, positive_int
 from keras_secondorder.callbacks._measure import (
     OperatorCache,
-    ProgressOperator,
     check_inputs_batched,
     disjoint_samples,
     measurement_batches,
-    progress_bar,
+    resolved_verbose,
 )
 from keras_secondorder.curvature import kinds
 from keras_secondorder.spectrum._krylov import NonFiniteCurvatureError
@@ -70,14 +70,16 @@ class HessianSpectrum(keras.callbacks.Callback):
         repeats: disjoint sets of `num_samples` examples measured. Defaults to `1`.
         png_dir: directory for the density plots. Defaults to `None`: no plots.
         tensorboard_log_dir: directory for the TensorBoard histogram. Defaults to `None`.
-        verbose: 1 shows progress. Defaults to `1`.
+        verbose: `1` shows progress (a bar once a measurement takes more than two seconds)
+            and the result, `0` nothing, `"auto"` as `1` in interactive use unless `fit` runs
+            with `verbose=0`. Defaults to `"auto"`.
         seed: seed of the random vectors. Defaults to `0`.
     """
 
     def __init__(self, data, every_n_epochs=1, k=5, curvature="hessian", num_samples=1000,
                  batch_size=250, lanczos_iterations=None, trace_probes=30,
                  density_iterations=60, density_probes=4, per_layer=False, repeats=1,
-                 png_dir=None, tensorboard_log_dir=None, verbose=1, seed=0):
+                 png_dir=None, tensorboard_log_dir=None, verbose="auto", seed=0):
         super().__init__()
         self.curvature = kinds.get(curvature).name
         self.every_n_epochs = positive_int(every_n_epochs, "every_n_epochs")
@@ -88,7 +90,7 @@ class HessianSpectrum(keras.callbacks.Callback):
         self.lanczos_iterations = (None if lanczos_iterations is None
                                    else positive_int(lanczos_iterations, "lanczos_iterations"))
         self.per_layer = one_of(per_layer, "per_layer", (False, True))
-        self.verbose = one_of(verbose, "verbose", (0, 1, 2, False, True))
+        self.verbose = one_of(verbose, "verbose", VERBOSE)
         self.seed = integer(seed, "seed")
         self.repeats = positive_int(repeats, "repeats")
         self.batches = measurement_batches(data, num_samples * self.repeats, batch_size)
@@ -133,26 +135,24 @@ class HessianSpectrum(keras.callbacks.Callback):
                   if self.per_layer else [])
         most = self.repeats * ((iterations + self.trace_probes) * (1 + len(layers))
                                + self.density_iterations * self.density_probes)
-        progbar = progress_bar(most, self.verbose, f"{name} products")
+        progress = Progress(most, f"{name} products", resolved_verbose(self, self.verbose))
         per_repeat, densities = [], []
         for operators in self.operators:
-            blocks = {layer.name: ProgressOperator(
-                operators.get(self.model, layer.trainable_variables), progbar)
-                for layer in layers}
+            blocks = {layer.name: operators.get(self.model, layer.trainable_variables)
+                      for layer in layers}
             summary, density = spectrum.spectrum_summary(
-                ProgressOperator(operators.get(self.model), progbar), k=self.k,
-                num_iterations=iterations, trace_probes=self.trace_probes,
-                density_probes=self.density_probes,
-                density_iterations=self.density_iterations, seed=self.seed, blocks=blocks)
+                operators.get(self.model), k=self.k, num_iterations=iterations,
+                trace_probes=self.trace_probes, density_probes=self.density_probes,
+                density_iterations=self.density_iterations, seed=self.seed, blocks=blocks,
+                progress=progress)
             per_repeat.append(self._logged(summary))
             densities.append(density)
         values = {key: float(np.mean([v[key] for v in per_repeat])) for key in per_repeat[0]}
         if self.repeats > 1:
             values.update({f"{key}_std": float(np.std([v[key] for v in per_repeat], ddof=1))
                            for key in per_repeat[0]})
-        if progbar is not None:
-            progbar.update(progbar.target, finalize=True)  # Lanczos may have stopped early.
-        if self.verbose:
+        progress.finish()  # Lanczos may have stopped early.
+        if progress.show:
             print(f"HessianSpectrum: top {values[f'{name}_top_1']:.4g}, min "
                   f"{values[f'{name}_min']:.4g}, trace {values[f'{name}_trace']:.4g}, "
                   f"negative fraction {values[f'{name}_negative_fraction']:.3f}"

@@ -7,14 +7,14 @@ import tensorflow as tf
 
 from keras_secondorder import spectrum
 from keras_secondorder._keras_compat import learning_rate_setting, unwrap_optimizer
+from keras_secondorder._progress import VERBOSE, Progress, ProgressOperator
 from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.callbacks._measure import (
     OperatorCache,
-    ProgressOperator,
     check_inputs_batched,
     is_finite,
     measurement_batches,
-    progress_bar,
+    resolved_verbose,
 )
 from keras_secondorder.curvature import flatten, kinds
 from keras_secondorder.spectrum._krylov import NonFiniteCurvatureError, random_unit_vector
@@ -134,7 +134,9 @@ class PowerMethodLR(keras.callbacks.Callback):
         tol: relative tolerance of the power iteration. Defaults to `1e-3`.
         max_iterations: products at most per estimate. Defaults to `50`.
         batch_size: examples per curvature product batch. Defaults to `250`.
-        verbose: 1 shows progress and the result. Defaults to `1`.
+        verbose: `1` shows progress (a bar once an estimate takes more than two seconds) and
+            the result, `0` nothing, `"auto"` as `1` in interactive use unless `fit` runs with
+            `verbose=0`. Defaults to `"auto"`.
         seed: seed of the start vector. Defaults to `0`.
 
     A learning-rate schedule keeps its shape and gets its scale from the curvature: the rate at
@@ -145,7 +147,7 @@ class PowerMethodLR(keras.callbacks.Callback):
 
     def __init__(self, data, num_samples=500, curvature="hessian", scale=1.0,
                  every_n_epochs=None, every_n_steps=None, max_increase=None, tol=1e-3,
-                 max_iterations=50, batch_size=250, verbose=1, seed=0):
+                 max_iterations=50, batch_size=250, verbose="auto", seed=0):
         super().__init__()
         kinds.get(curvature, allowed=("hessian", "ggn"))
         self.scale = number(scale, "scale", lambda v: v > 0,
@@ -159,7 +161,7 @@ class PowerMethodLR(keras.callbacks.Callback):
             ">= 1 (the factor by which one estimate may raise the rate), or None")
         self.tol = number(tol, "tol", lambda v: v > 0, "> 0")
         self.max_iterations = positive_int(max_iterations, "max_iterations")
-        self.verbose = one_of(verbose, "verbose", (0, 1, 2, False, True))
+        self.verbose = one_of(verbose, "verbose", VERBOSE)
         self.seed = integer(seed, "seed")
         self.batches = measurement_batches(data, num_samples, batch_size)
         self.operators = OperatorCache(curvature, self.batches)
@@ -212,9 +214,9 @@ class PowerMethodLR(keras.callbacks.Callback):
 
     def estimate(self):
         """Measures `λ_max` now and sets the learning rate; returns `λ_max`."""
-        operator = ProgressOperator(
-            self.operators.get(self.model),
-            progress_bar(self.max_iterations, self.verbose, f"{self.curvature} products"))
+        progress = Progress(self.max_iterations, f"{self.curvature} products",
+                            resolved_verbose(self, self.verbose))
+        operator = ProgressOperator(self.operators.get(self.model), progress)
         preconditioner = getattr(self.optimizer, "diagonal_preconditioner", None)
         if preconditioner is not None:
             # P^1/2 H P^1/2: the curvature the preconditioned step sees.
@@ -231,10 +233,12 @@ class PowerMethodLR(keras.callbacks.Callback):
         try:
             result = spectrum.power_iteration(operator, k=1, tol=self.tol,
                                               max_iterations=self.max_iterations,
-                                              seed=self.seed, initial_vectors=start)
+                                              seed=self.seed, initial_vectors=start,
+                                              verbose=0)
             self.lambda_max = float(result.eigenvalues[0])
         except NonFiniteCurvatureError:
             self.lambda_max = float("nan")
+        progress.finish()
         self._estimated_at = self._step
         if not is_finite(self.lambda_max) or self.lambda_max == 0.0:
             self.eigenvector = None  # The next estimate starts afresh.
@@ -257,7 +261,7 @@ class PowerMethodLR(keras.callbacks.Callback):
             schedule.factor.assign(learning_rate / float(schedule.schedule(0)))
         else:
             self.optimizer.learning_rate = learning_rate
-        if self.verbose:
+        if progress.show:
             print(f"PowerMethodLR: λ_max = {self.lambda_max:.6g} ({result.num_products} "
                   f"{self.curvature} products), learning rate set to {learning_rate:.6g}")
         return self.lambda_max

@@ -19,6 +19,7 @@ import weakref
 import tensorflow as tf
 
 from keras_secondorder import _random as random
+from keras_secondorder._progress import Progress
 from keras_secondorder._validation import integer, one_of, positive_int
 from keras_secondorder.curvature import gradient_squares
 from keras_secondorder.curvature.bbprop import bbprop_diagonal
@@ -33,7 +34,7 @@ METHODS = ("ggn", "ggn_mc", "hutchinson", "empirical_fisher", "bbprop")
 
 
 def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=False, samples=1,
-             seed=0, chunk_size=64):
+             seed=0, chunk_size=64, verbose="auto"):
     """Estimates the diagonal of the Gauss-Newton, Hessian or empirical Fisher matrix.
 
     The computation is traced once per model, settings and batch shape, and reused by later
@@ -59,6 +60,9 @@ def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=F
         seed: integer seed of the random draws; the same seed gives the same estimate.
             Defaults to `0`.
         chunk_size: examples per per-example backward pass, bounding memory. Defaults to `64`.
+        verbose: a progress bar over the batches (`_progress.Progress`) once the work takes
+            more than two seconds: `"auto"` in interactive use, `1` always, `0` never.
+            Defaults to `"auto"`.
 
     Returns:
         The diagonal, a list of tensors shaped like the variables.
@@ -70,11 +74,14 @@ def diagonal(model, data, method="ggn", *, loss=None, variables=None, training=F
     if method != "hutchinson":  # Every other method splits the objective at the outputs.
         objective.check_split(batches[0])
     total = [tf.zeros_like(p) for p in objective.params()]
+    progress = Progress(len(batches), "batches", verbose)
     for index, (weight, batch) in enumerate(zip(batch_weights(batches, objective.dtype), batches,
                                                 strict=True)):
         part = compiled(batch, method, samples=samples,
                         seed=tf.constant([seed, index], tf.int64), chunk_size=chunk_size)
         total = [t + weight * p for t, p in zip(total, part, strict=True)]
+        progress.add()
+    progress.finish()
     return total
 
 

@@ -27,11 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 import keras_secondorder
-from keras_secondorder.callbacks._measure import (
-    ProgressOperator,
-    disjoint_samples,
-    measurement_batches,
-)
+from keras_secondorder._progress import Progress
+from keras_secondorder.callbacks._measure import disjoint_samples, measurement_batches
 from keras_secondorder.curvature import kinds
 from keras_secondorder.datasets import lenet_preprocess, mnist
 from keras_secondorder.spectrum.summary import spectrum_summary, spread
@@ -169,16 +166,16 @@ def measure(model, x, y, args, progress=None):
                                            args.batch_size):
         try:
             operator = kind.operator(model, repeat_batches, training=args.training)
-            blocks = {layer.name: ProgressOperator(
-                kind.operator(model, repeat_batches, training=args.training,
-                              variables=layer.trainable_variables), progress)
-                for layer in layers}
+            blocks = {layer.name: kind.operator(model, repeat_batches, training=args.training,
+                                                variables=layer.trainable_variables)
+                      for layer in layers}
         except ValueError as error:  # A loss without a Gauss-Newton split, listed.
             raise CommandError(f"--curvature {args.curvature}: {error}") from error
         summary, repeat_density = spectrum_summary(
-            ProgressOperator(operator, progress), k=args.k, num_iterations=args.iterations,
-            tol=args.tol, trace_probes=args.trace_probes, density_probes=args.density_probes,
-            density_iterations=args.density_iterations, seed=args.seed, blocks=blocks)
+            operator, k=args.k, num_iterations=args.iterations, tol=args.tol,
+            trace_probes=args.trace_probes, density_probes=args.density_probes,
+            density_iterations=args.density_iterations, seed=args.seed, blocks=blocks,
+            progress=progress)
         summaries.append(summary)
         density = density or repeat_density
     return summaries, density
@@ -259,11 +256,9 @@ def run(args):
     model = load_model(args.model, args.custom_objects)
     x, y, source = load_data(args.data, args.data_dir)
     x, y = fit_to_model(model, x, y, source)
-    progress = None if args.quiet else keras.utils.Progbar(planned_products(model, args),
-                                                           unit_name="products")
+    progress = Progress(planned_products(model, args), "products", 0 if args.quiet else 1)
     summaries, density = measure(model, x, y, args, progress)
-    if progress is not None:
-        progress.update(progress.target, finalize=True)  # Lanczos may have stopped early.
+    progress.finish()
     report = {
         "settings": {**vars(args), "model": str(args.model)},
         "versions": {"keras_secondorder": keras_secondorder.__version__,

@@ -5,6 +5,7 @@ import math
 
 import tensorflow as tf
 
+from keras_secondorder._progress import counted
 from keras_secondorder._validation import positive_int
 from keras_secondorder.spectrum._krylov import (
     apply,
@@ -34,7 +35,7 @@ Attributes:
 
 
 def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, sigma=None,
-                     zero_tolerance=1e-3, seed=0):
+                     zero_tolerance=1e-3, seed=0, verbose="auto"):
     """The eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019, PyHessian).
 
     For a random unit vector `v`, `vᵀ f(A) v = sum_i (v·u_i)² f(λ_i)` is approximated by the
@@ -56,6 +57,8 @@ def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, 
             of that bulk would count as negative and drown the signal of Dauphin et al. (2014).
             Defaults to `1e-3`.
         seed: seed of the probes. Defaults to `0`.
+        verbose: a progress bar (`_progress.Progress`) once the work takes more than two
+            seconds: `"auto"` in interactive use, `1` always, `0` never. Defaults to `"auto"`.
 
     How accurate `negative_fraction` is: `m` Lanczos nodes resolve the spectrum to about
     `(λ_max - λ_min) / m` in its interior, so eigenvalues closer than that to the zero band
@@ -79,12 +82,15 @@ def spectral_density(operator, num_probes=1, num_iterations=80, grid_size=1000, 
         raise ValueError(f"`zero_tolerance` must be in [0, 1); received {zero_tolerance!r}.")
     steps = min(num_iterations, dimension)
     exact = dimension <= num_probes * steps
+    operator, progress = counted(operator, dimension if exact else num_probes * steps, verbose,
+                                 "products")
     if exact:
         nodes, weights = _exact_quadrature(operator, dimension)
         num_products = dimension
     else:
         nodes, weights, num_products = _lanczos_quadrature(operator, dimension, num_probes,
                                                            steps, seed)
+    progress.finish()
     low, high = float(tf.reduce_min(nodes)), float(tf.reduce_max(nodes))
     if sigma is None:
         sigma = 0.01 * max(high - low, 1e-12)
@@ -134,7 +140,7 @@ HutchinsonTrace.__doc__ = """Result of `hutchinson_trace`: the estimate, its sta
 the operator products used."""
 
 
-def hutchinson_trace(operator, num_probes=100, seed=0):
+def hutchinson_trace(operator, num_probes=100, seed=0, verbose="auto"):
     """Hutchinson's unbiased trace estimate `tr(A) = E[vᵀ A v]` with Rademacher `v`.
 
     Args:
@@ -142,16 +148,20 @@ def hutchinson_trace(operator, num_probes=100, seed=0):
         num_probes: random probes averaged; the standard error falls as `1/sqrt(num_probes)`.
             Defaults to `100`.
         seed: seed of the probes. Defaults to `0`.
+        verbose: a progress bar (`_progress.Progress`) once the work takes more than two
+            seconds: `"auto"` in interactive use, `1` always, `0` never. Defaults to `"auto"`.
 
     Returns:
         A `HutchinsonTrace`.
     """
     dimension = check_operator(operator)
     positive_int(num_probes, "num_probes")
+    operator, progress = counted(operator, num_probes, verbose, "products")
     samples = []
     for probe in range(num_probes):
         vector = rademacher(dimension, seed, probe)
         samples.append(tf.tensordot(vector, apply(operator, vector), 1))
+    progress.finish()
     samples = tf.stack(samples)
     error = (tf.math.reduce_std(samples) * math.sqrt(num_probes / max(num_probes - 1, 1))
              / math.sqrt(num_probes))

@@ -4,6 +4,7 @@ import collections
 
 import tensorflow as tf
 
+from keras_secondorder._progress import counted
 from keras_secondorder._validation import one_of, positive_int
 from keras_secondorder.spectrum._krylov import (
     apply,
@@ -103,7 +104,7 @@ def _ritz_converged(alphas, betas, beta, tol, k, which):
 
 
 def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0,
-            return_vectors=False):
+            return_vectors=False, verbose="auto"):
     """The `k` largest and `k` smallest (most negative) eigenvalues, by the Lanczos method.
 
     Full reorthogonalization against all previous Lanczos vectors, stored in float64; the cost
@@ -125,6 +126,8 @@ def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0,
         seed: seed of the random start vector. Defaults to `0`.
         return_vectors: also return the Ritz vectors (`k` at each end, each of the operator's
             dimension). Defaults to `False`.
+        verbose: a progress bar (`_progress.Progress`) once the work takes more than two
+            seconds: `"auto"` in interactive use, `1` always, `0` never. Defaults to `"auto"`.
 
     Returns:
         A `LanczosResult`.
@@ -135,9 +138,11 @@ def lanczos(operator, k=1, num_iterations=None, tol=1e-6, which="both", seed=0,
     if num_iterations is None:
         num_iterations = min(dimension, max(10 * k, 60))
     positive_int(num_iterations, "num_iterations")
+    operator, progress = counted(operator, num_iterations, verbose, "products")
     alphas, betas, converged, basis, residual_norm = tridiagonalize(
         operator, num_iterations, random_unit_vector(dimension, seed), tol=tol, k=k,
         which=which)
+    progress.finish()
     values, vectors = tridiagonal_eigh(alphas, betas)
     if len(alphas) == dimension:  # A full tridiagonalization: the Ritz values are exact.
         converged, residual_norm = True, tf.zeros_like(residual_norm)

@@ -5,6 +5,7 @@ import collections
 import tensorflow as tf
 
 from keras_secondorder import curvature
+from keras_secondorder._progress import counted
 from keras_secondorder._validation import one_of, positive_int
 from keras_secondorder.curvature.objective import Batch, as_batches, as_objective
 from keras_secondorder.spectrum._krylov import (
@@ -29,7 +30,8 @@ Attributes:
 """
 
 
-def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0, initial_vectors=None):
+def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0, initial_vectors=None,
+                    verbose="auto"):
     """The `k` eigenvalues of largest magnitude, by power iteration with deflation.
 
     Each eigenpair is iterated on `A - sum_j λ_j u_j u_jᵀ` (the pairs found before it), until
@@ -52,6 +54,8 @@ def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0, initial
             alone can be close to an eigenvector of a lower eigenvalue of the new operator, a
             fixed point where the iteration stops at once; `PowerMethodLR` adds a random vector
             to it. Defaults to `None`.
+        verbose: a progress bar (`_progress.Progress`) once the work takes more than two
+            seconds: `"auto"` in interactive use, `1` always, `0` never. Defaults to `"auto"`.
 
     Returns:
         A `PowerIterationResult`.
@@ -69,6 +73,7 @@ def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0, initial
     positive_int(max_iterations, "max_iterations")
     if not tol > 0:
         raise ValueError(f"`tol` must be positive; received {tol!r}.")
+    operator, progress = counted(operator, k * max_iterations, verbose, "products")
     eigenvalues, eigenvectors, converged, residuals, num_products = [], [], [], [], 0
     for index in range(k):
         if initial_vectors is None:
@@ -93,6 +98,7 @@ def power_iteration(operator, k=1, tol=1e-4, max_iterations=100, seed=0, initial
         eigenvectors.append(vector)
         converged.append(done)
         residuals.append(residual)
+    progress.finish()
     return PowerIterationResult(tf.stack(eigenvalues), tf.stack(eigenvectors), num_products,
                                 tf.constant(converged), tf.stack(residuals))
 

@@ -2,13 +2,15 @@
 
 import numpy as np
 
+from keras_secondorder._progress import ProgressOperator
 from keras_secondorder._validation import positive_int
 from keras_secondorder.spectrum.density import hutchinson_trace, spectral_density
 from keras_secondorder.spectrum.lanczos import lanczos
 
 
 def spectrum_summary(operator, k=5, num_iterations=None, tol=1e-6, trace_probes=30,
-                     density_probes=4, density_iterations=60, seed=0, blocks=None):
+                     density_probes=4, density_iterations=60, seed=0, blocks=None,
+                     progress=None):
     """Extreme eigenvalues, trace, density and negative fraction of one operator.
 
     Lanczos gives the `k` largest and smallest eigenvalues with their residual bounds,
@@ -27,6 +29,8 @@ def spectrum_summary(operator, k=5, num_iterations=None, tol=1e-6, trace_probes=
         density_iterations: Lanczos steps of the density's quadrature. Defaults to `60`.
         seed: seed of the random vectors. Defaults to `0`.
         blocks: `{name: operator}` of diagonal blocks. Defaults to `None`: none.
+        progress: a `_progress.Progress` that counts the products (one bar over several
+            calls). Defaults to `None`.
 
     Returns:
         `(values, density)`: `values` a dict of Python numbers and lists (`largest`,
@@ -39,11 +43,12 @@ def spectrum_summary(operator, k=5, num_iterations=None, tol=1e-6, trace_probes=
     """
     positive_int(k, "k")
     iterations = num_iterations or max(10 * k, 60)
+    operator = ProgressOperator(operator, progress)
     extremes = lanczos(operator, k=k, num_iterations=min(iterations, operator.shape[-1]),
-                       tol=tol, seed=seed)
-    trace = hutchinson_trace(operator, trace_probes, seed=seed)
+                       tol=tol, seed=seed, verbose=0)
+    trace = hutchinson_trace(operator, trace_probes, seed=seed, verbose=0)
     density = spectral_density(operator, num_probes=density_probes,
-                               num_iterations=density_iterations, seed=seed + 1)
+                               num_iterations=density_iterations, seed=seed + 1, verbose=0)
     largest, smallest = extremes.largest.numpy(), extremes.smallest.numpy()
     residuals = np.concatenate([extremes.largest_residuals.numpy(),
                                 extremes.smallest_residuals.numpy()])
@@ -65,9 +70,10 @@ def spectrum_summary(operator, k=5, num_iterations=None, tol=1e-6, trace_probes=
         "blocks": {},
     }
     for name, block in (blocks or {}).items():
+        block = ProgressOperator(block, progress)
         top = lanczos(block, k=1, num_iterations=min(iterations, block.shape[-1]), tol=tol,
-                      seed=seed)
-        block_trace = float(hutchinson_trace(block, trace_probes, seed=seed).trace)
+                      seed=seed, verbose=0)
+        block_trace = float(hutchinson_trace(block, trace_probes, seed=seed, verbose=0).trace)
         values["blocks"][name] = {"largest": float(top.largest[0]), "trace": block_trace,
                                   "mean_diagonal": block_trace / int(block.shape[-1])}
         values["products"] += top.num_products + trace_probes
