@@ -470,9 +470,9 @@ def kronecker_vector_product(model, x, y, vector, sample_weight=None, *, loss=No
                              variables=None, training=None):
     """`v -> K v`, `K` the K-FAC matrix of the batch with the exact output Hessians.
 
-    Kronecker blocks `A ⊗ G` for the Dense and Conv2D layers, the Gauss-Newton diagonal for the
-    other variables (`kronecker_factors(..., fisher="exact")`): one forward pass and one
-    backward pass per output unit.
+    Kronecker blocks `A ⊗ G` for the Dense, Conv2D and Embedding layers, the Gauss-Newton
+    diagonal for the other variables (`kronecker_factors(..., fisher="exact")`): one forward
+    pass and one backward pass per output unit.
 
     Args:
         model: a built Keras model, or an `Objective`.
