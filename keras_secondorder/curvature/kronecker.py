@@ -474,15 +474,7 @@ def kronecker_vector_product(model, x, y, vector, sample_weight=None, *, loss=No
     diagonal for the other variables (`kronecker_factors(..., fisher="exact")`): one forward
     pass and one backward pass per output unit.
 
-    Args:
-        model: a built Keras model, or an `Objective`.
-        x, y: the batch.
-        vector: list of tensors shaped like the variables.
-        sample_weight: optional per-example weights.
-        loss, variables, training: see `Objective`.
-
-    Returns:
-        `K v` as a list shaped like the variables.
+    Args and returns: as `ggn.gauss_newton_vector_product`.
     """
     objective = as_objective(model, loss, variables, training)
     return _kronecker_product(objective, as_batch((x, y, sample_weight)), vector)
