@@ -39,7 +39,8 @@ An `Embedding` is a Dense layer on one-hot inputs: `A` is diagonal, the weighted
 and is kept as a vector.
 
 Each supported layer class has one `KroneckerRule` (`register_rule`, as bbprop's rules):
-`Dense`, `Conv2D` (channels last, no groups) and `Embedding` (no LoRA, not quantized) here.
+`Dense`, `Conv2D` and `Conv1D` (channels last, no groups) and `Embedding` (no LoRA, not
+quantized) here.
 
 As a curvature kind (`"kfac"`, with the exact output Hessians): `kronecker_vector_product`,
 `KroneckerFactoredOperator` (whose `solve` is the exact inverse of `K + λ I`, by
@@ -116,6 +117,17 @@ class DenseRule(KroneckerRule):
         return tf.reshape(x, [tf.shape(x)[0], -1, x.shape[-1]])
 
 
+def _patches(x, kernel_size, strides, dilation_rate, padding):
+    """`(N, T, inputs)`: the window of a 2-D convolution at each output position, channels last.
+
+    Each window is flattened in the kernel's `(rows, columns, channels)` order.
+    """
+    patches = tf.image.extract_patches(
+        x, sizes=[1, *kernel_size, 1], strides=[1, *strides, 1], rates=[1, *dilation_rate, 1],
+        padding=padding.upper())
+    return tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-1]])
+
+
 class Conv2DRule(KroneckerRule):
     """KFC: `ā_nt` is the patch the kernel sees at output position `t` (channels last)."""
 
@@ -123,10 +135,20 @@ class Conv2DRule(KroneckerRule):
         return layer.data_format == "channels_last" and layer.groups == 1
 
     def inputs(self, layer, x):
-        patches = tf.image.extract_patches(
-            x, sizes=[1, *layer.kernel_size, 1], strides=[1, *layer.strides, 1],
-            rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper())
-        return tf.reshape(patches, [tf.shape(x)[0], -1, patches.shape[-1]])
+        return _patches(x, layer.kernel_size, layer.strides, layer.dilation_rate, layer.padding)
+
+
+class Conv1DRule(Conv2DRule):
+    """A Conv1D is a Conv2D on an image one row high; `"causal"` pads the start, then is valid."""
+
+    def inputs(self, layer, x):
+        padding = layer.padding
+        if padding == "causal":
+            x = tf.pad(x, [[0, 0], [layer.dilation_rate[0] * (layer.kernel_size[0] - 1), 0],
+                           [0, 0]])
+            padding = "valid"
+        return _patches(x[:, None], (1, *layer.kernel_size), (1, *layer.strides),
+                        (1, *layer.dilation_rate), padding)
 
 
 class EmbeddingRule(KroneckerRule):
@@ -174,6 +196,7 @@ def rule_for(layer):
 
 register_rule(keras.layers.Dense, DenseRule())
 register_rule(keras.layers.Conv2D, Conv2DRule())
+register_rule(keras.layers.Conv1D, Conv1DRule())
 register_rule(keras.layers.Embedding, EmbeddingRule())
 
 
@@ -470,9 +493,9 @@ def kronecker_vector_product(model, x, y, vector, sample_weight=None, *, loss=No
                              variables=None, training=None):
     """`v -> K v`, `K` the K-FAC matrix of the batch with the exact output Hessians.
 
-    Kronecker blocks `A ⊗ G` for the Dense, Conv2D and Embedding layers, the Gauss-Newton
-    diagonal for the other variables (`kronecker_factors(..., fisher="exact")`): one forward
-    pass and one backward pass per output unit.
+    Kronecker blocks `A ⊗ G` for the Dense, Conv1D, Conv2D and Embedding layers, the
+    Gauss-Newton diagonal for the other variables (`kronecker_factors(..., fisher="exact")`):
+    one forward pass and one backward pass per output unit.
 
     Args and returns: as `ggn.gauss_newton_vector_product`.
     """

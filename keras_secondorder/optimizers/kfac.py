@@ -24,9 +24,9 @@ _NO_MODEL = (
 class KFAC(CurvatureOptimizer):
     """K-FAC: the gradient preconditioned by a Kronecker-factored Fisher, in `model.fit`.
 
-    Each Dense, Conv2D and Embedding layer gets a block `A ⊗ G` of the Fisher (Gauss-Newton)
-    matrix, the other variables a diagonal block (`curvature.kronecker`); the step inverts the
-    damped blocks:
+    Each Dense, Conv1D, Conv2D and Embedding layer gets a block `A ⊗ G` of the Fisher
+    (Gauss-Newton) matrix, the other variables a diagonal block (`curvature.kronecker`); the
+    step inverts the damped blocks:
 
     ```
     A, G, d <- exponential moving averages (factor_decay) of each batch's factors

@@ -146,6 +146,38 @@ def test_embedding_block_has_the_token_counts_as_a_diagonal_a(float64):
     np.testing.assert_allclose(block.g, expected_g, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("padding,strides,dilation", [("valid", 1, 1), ("same", 2, 1),
+                                                      ("causal", 1, 2)])
+def test_conv1d_blocks_equal_those_of_the_conv2d_on_one_row(float64, padding, strides,
+                                                           dilation):
+    # Conv1D(k) on (N, L, C) is Conv2D((1, k)) on (N, 1, L, C) with the same weights (causal:
+    # the input padded at the start by dilation (k - 1), then valid); the Conv2D blocks are
+    # checked against numpy patches above.
+    rng = np.random.default_rng(0)
+    x, y, weights = rng.normal(size=(6, 9, 2)), rng.normal(size=(6, 2)), rng.uniform(0.5, 2, 6)
+    conv1d = keras.layers.Conv1D(3, 3, strides=strides, dilation_rate=dilation,
+                                 padding=padding, activation="tanh")
+    one_d = keras.Sequential([keras.Input((9, 2)), conv1d, keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    if padding == "causal":
+        x_2d, padding_2d = np.pad(x, [(0, 0), (2 * dilation, 0), (0, 0)])[:, None], "valid"
+    else:
+        x_2d, padding_2d = x[:, None], padding
+    two_d = keras.Sequential([keras.Input(x_2d.shape[1:]), keras.layers.Conv2D(
+        3, (1, 3), strides=(1, strides), dilation_rate=(1, dilation), padding=padding_2d,
+        activation="tanh"), keras.layers.Flatten(), keras.layers.Dense(2)])
+    kernel, bias, dense_kernel, dense_bias = one_d.get_weights()
+    two_d.set_weights([kernel[None], bias, dense_kernel, dense_bias])
+    for model in (one_d, two_d):
+        model.compile(loss="mse")
+    blocks_1d = factors(one_d, x, y, weights).blocks
+    blocks_2d = factors(two_d, x_2d, y, weights).blocks
+    assert blocks_1d[0].layer is conv1d and len(blocks_1d) == len(blocks_2d) == 2
+    for block_1d, block_2d in zip(blocks_1d, blocks_2d, strict=True):
+        np.testing.assert_allclose(block_1d.a, block_2d.a, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(block_1d.g, block_2d.g, rtol=1e-12, atol=1e-15)
+
+
 def test_sampled_g_converges_to_the_exact_g(float64):
     # The true Fisher's G with one sampled label per example: unbiased; its mean over draws
     # approaches the exact G at the Monte-Carlo rate.
