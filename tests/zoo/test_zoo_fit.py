@@ -45,8 +45,8 @@ OPTIMIZERS = {
     "esgd": lambda: EquilibratedSGD(learning_rate=0.05, update_every=2),
     "hessian_free": lambda: HessianFree(damping=1.0, curvature_fraction=1.0,
                                         max_cg_iterations=10),
-    # Kronecker blocks for Dense and Conv2D layers, diagonal blocks for the rest (embeddings,
-    # recurrent and attention kernels, normalization, custom layers).
+    # Kronecker blocks for Dense, Conv1D, Conv2D and Embedding layers, diagonal blocks for the
+    # rest (recurrent and attention kernels, normalization, custom layers).
     "kfac": lambda: KFAC(damping_period=2, inverse_update_period=2),
 }
 TRAINING = [(name, optimizer) for name in zoo.ZOO for optimizer in OPTIMIZERS
