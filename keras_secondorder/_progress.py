@@ -7,7 +7,6 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder._validation import one_of
-from keras_secondorder.curvature.operator import matmul_by_columns
 
 VERBOSE = ("auto", 0, 1, 2, False, True)
 DELAY = 2.0  # Seconds of work before a bar appears: short work prints nothing.
@@ -80,6 +79,9 @@ class ProgressOperator(tf.linalg.LinearOperator):
         return self.operator.matvec(x)
 
     def _matmul(self, x, adjoint=False, adjoint_arg=False):
+        # Imported here: curvature imports this module (diagonal's progress) as it loads.
+        from keras_secondorder.curvature.operator import matmul_by_columns
+
         del adjoint  # Self-adjoint.
         return matmul_by_columns(self, x, adjoint_arg)
 
