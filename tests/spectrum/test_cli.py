@@ -11,7 +11,7 @@ import pytest
 import keras_secondorder as ks
 from keras_secondorder import cli
 from keras_secondorder.callbacks._measure import measurement_batches
-from keras_secondorder.curvature import kinds
+from keras_secondorder.curvature import dense, kinds
 from keras_secondorder.datasets import DATA_ENV_VAR
 from keras_secondorder.spectrum import cli as spectrum_cli
 from keras_secondorder.spectrum import spectrum_summary
@@ -123,6 +123,41 @@ def test_the_console_command_runs_the_spectrum_and_refuses_unknown_commands(floa
     assert json.loads((out / "spectrum.json").read_text())["summary"]["largest"][0]["std"] == 0
     with pytest.raises(SystemExit, match="usage: keras-secondorder"):
         cli.main(["spectra"])
+
+
+CUSTOM_MODULE = '''
+import keras
+
+
+class Doubling(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+'''
+
+
+def test_a_users_custom_layer_loads_from_custom_objects(float64, tmp_path, monkeypatch,
+                                                        capsys):
+    # Not registered as serializable: the model loads only with --custom-objects; its Hessian
+    # is the model's without the layer with the inputs doubled.
+    (tmp_path / "user_layers.py").write_text(CUSTOM_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    user_layers = __import__("user_layers")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), user_layers.Doubling(),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(loss="sparse_categorical_crossentropy")
+    model.save(tmp_path / "custom.keras")
+    data_path = saved_data(tmp_path)[0]
+    arguments = [tmp_path / "custom.keras", "--data", data_path, "--samples", 32, "--repeats", 1]
+    with pytest.raises(SystemExit):
+        run(tmp_path, *arguments)
+    assert "--custom-objects" in capsys.readouterr().err
+    report, _ = run(tmp_path, *arguments, "--custom-objects", "user_layers")
+    _, x, y = saved_data(tmp_path)
+    plain = keras.Sequential([keras.Input((6,)), model.layers[-1]])
+    plain.compile(loss="sparse_categorical_crossentropy")
+    top = np.linalg.eigvalsh(dense.hessian(plain, 2.0 * x[:32], y[:32]))[-1]
+    np.testing.assert_allclose(report["repeats"][0]["largest"][0], top, rtol=1e-6)
 
 
 @pytest.mark.skipif(not os.environ.get(DATA_ENV_VAR), reason=f"{DATA_ENV_VAR} is not set")
