@@ -19,6 +19,7 @@ from keras_secondorder.callbacks._measure import (
 )
 from keras_secondorder.curvature import kinds
 from keras_secondorder.spectrum._krylov import NonFiniteCurvatureError
+from keras_secondorder.spectrum.summary import planned_products
 
 
 class HessianSpectrum(keras.callbacks.Callback):
@@ -130,18 +131,18 @@ class HessianSpectrum(keras.callbacks.Callback):
     def measure(self, epoch=None):
         """Measures the spectrum now; returns the values it logs (a dict of floats)."""
         name = self.curvature
-        iterations = self.lanczos_iterations or max(10 * self.k, 60)
         layers = ([layer for layer in self.model.layers if layer.trainable_variables]
                   if self.per_layer else [])
-        most = self.repeats * ((iterations + self.trace_probes) * (1 + len(layers))
-                               + self.density_iterations * self.density_probes)
+        most = self.repeats * planned_products(
+            self.k, self.lanczos_iterations, self.trace_probes, self.density_probes,
+            self.density_iterations, len(layers))
         progress = Progress(most, f"{name} products", resolved_verbose(self, self.verbose))
         per_repeat, densities = [], []
         for operators in self.operators:
             blocks = {layer.name: operators.get(self.model, layer.trainable_variables)
                       for layer in layers}
             summary, density = spectrum.spectrum_summary(
-                operators.get(self.model), k=self.k, num_iterations=iterations,
+                operators.get(self.model), k=self.k, num_iterations=self.lanczos_iterations,
                 trace_probes=self.trace_probes, density_probes=self.density_probes,
                 density_iterations=self.density_iterations, seed=self.seed, blocks=blocks,
                 progress=progress)

@@ -31,7 +31,7 @@ from keras_secondorder._progress import Progress
 from keras_secondorder.callbacks._measure import disjoint_samples, measurement_batches
 from keras_secondorder.curvature import kinds
 from keras_secondorder.datasets import lenet_preprocess, mnist
-from keras_secondorder.spectrum.summary import spectrum_summary, spread
+from keras_secondorder.spectrum.summary import planned_products, spectrum_summary, spread
 
 
 class CommandError(Exception):
@@ -181,15 +181,6 @@ def measure(model, x, y, args, progress=None):
     return summaries, density
 
 
-def planned_products(model, args):
-    """The products `measure` makes at most, for the progress bar."""
-    iterations = args.iterations or max(10 * args.k, 60)
-    layers = sum(1 for layer in model.layers if layer.trainable_variables) if args.per_layer \
-        else 0
-    return args.repeats * ((iterations + args.trace_probes) * (1 + layers)
-                           + args.density_iterations * args.density_probes)
-
-
 def table(report):
     """The printed summary: every estimate as mean ± std over the repeats."""
     summary, settings = report["summary"], report["settings"]
@@ -256,7 +247,12 @@ def run(args):
     model = load_model(args.model, args.custom_objects)
     x, y, source = load_data(args.data, args.data_dir)
     x, y = fit_to_model(model, x, y, source)
-    progress = Progress(planned_products(model, args), "products", 0 if args.quiet else 1)
+    layers = sum(1 for layer in model.layers if layer.trainable_variables) if args.per_layer \
+        else 0
+    planned = args.repeats * planned_products(args.k, args.iterations, args.trace_probes,
+                                              args.density_probes, args.density_iterations,
+                                              layers)
+    progress = Progress(planned, "products", 0 if args.quiet else 1)
     summaries, density = measure(model, x, y, args, progress)
     progress.finish()
     report = {

@@ -42,7 +42,7 @@ def spectrum_summary(operator, k=5, num_iterations=None, tol=1e-6, trace_probes=
         `SpectralDensity`.
     """
     positive_int(k, "k")
-    iterations = num_iterations or max(10 * k, 60)
+    iterations = num_iterations or default_iterations(k)
     operator = ProgressOperator(operator, progress)
     extremes = lanczos(operator, k=k, num_iterations=min(iterations, operator.shape[-1]),
                        tol=tol, seed=seed, verbose=0)
@@ -78,6 +78,19 @@ def spectrum_summary(operator, k=5, num_iterations=None, tol=1e-6, trace_probes=
                                   "mean_diagonal": block_trace / int(block.shape[-1])}
         values["products"] += top.num_products + trace_probes
     return values, density
+
+
+def default_iterations(k):
+    """Lanczos steps at most when none are given: `max(10 k, 60)`."""
+    return max(10 * k, 60)
+
+
+def planned_products(k=5, num_iterations=None, trace_probes=30, density_probes=4,
+                     density_iterations=60, num_blocks=0):
+    """The products one `spectrum_summary` call makes at most (its progress bar's total)."""
+    iterations = num_iterations or default_iterations(k)
+    return ((iterations + trace_probes) * (1 + num_blocks)
+            + density_iterations * density_probes)
 
 
 def spread(summaries):
