@@ -14,13 +14,14 @@ The whole comparison takes hours, so it runs in groups, one or more per invocati
 results; every group records its sitting); the Markdown table and plot are rebuilt from all of
 them. K-FAC and Adam are one group, so they are always measured in the same sitting:
 
-- `kfac_pilots`: K-FAC at each of `--kfac-pilot-batches` for `--kfac-pilot-minutes` each, to
-  choose `--kfac-batch`.
+- `kfac_pilots`: K-FAC at each `batch:curvature_fraction` of `--kfac-pilots` for
+  `--kfac-pilot-minutes` each, to choose `--kfac-batch` and `--kfac-curvature-fraction`.
 - `kfac_adam`: Adam's learning rate (best of `ADAM_RATES`, each trained `--pilot-seconds` and
   judged by the training error on 10000 images), then K-FAC and Adam for `--minutes` each, then
-  the cost of a K-FAC step in plain gradients at K-FAC's batch size (`step_costs`); all with
-  `--jit-compile` (default XLA: on this machine a K-FAC step's median fell from 0.42 s in graph
-  mode to 0.35 s).
+  the cost of a K-FAC step in plain gradients at K-FAC's batch size (`step_costs`). Each in its
+  faster mode on this CPU: K-FAC with XLA (`--jit-compile`; a step's median fell from 0.42 s
+  in graph mode to 0.35 s), Adam in graph mode (`--adam-jit-compile`; with XLA its training
+  error at 5 minutes was 3.60, against 3.08 in graph mode).
 - `nesterov`: SGD with Nesterov momentum 0.99, its rate the best of `NESTEROV_RATES` likewise.
 - `hessian_free`: HessianFree with Martens' defaults (lambda 45, 5e-4 stopping rule, curvature
   and preconditioner on a quarter of each batch) except CG capped at `--hf-cg` (Martens: 250) on
@@ -195,27 +196,33 @@ class Autoencoder:
 
 def kfac(args, **overrides):
     settings = {"damping": args.kfac_damping, "inverse_update_period": args.kfac_inverse_period,
-                **overrides}
+                "curvature_fraction": args.kfac_curvature_fraction, **overrides}
     return ks.optimizers.KFAC(**settings)
+
+
+def kfac_name(batch_size, fraction):
+    return f"K-FAC batch {batch_size} curvature {fraction:g}"
 
 
 def kfac_pilots_group(args, data):
     runs = {}
-    for batch_size in args.kfac_pilot_batches:
-        runs[f"K-FAC batch {batch_size}"] = data.run(
-            f"K-FAC pilot, batch {batch_size}", kfac(args), batch_size,
-            minutes=args.kfac_pilot_minutes, keys=KFAC_KEYS)
+    for pilot in args.kfac_pilots:
+        batch_size, fraction = int(pilot.split(":")[0]), float(pilot.split(":")[1])
+        runs[kfac_name(batch_size, fraction)] = data.run(
+            f"K-FAC pilot, batch {batch_size}, curvature fraction {fraction:g}",
+            kfac(args, curvature_fraction=fraction), batch_size,
+            minutes=args.kfac_pilot_minutes, keys=KFAC_KEYS, jit_compile=args.jit_compile)
     return {"runs": runs}
 
 
 def kfac_adam_group(args, data):
-    jit = args.jit_compile
-    adam_rate, adam_pilot = data.pilot(keras.optimizers.Adam, ADAM_RATES, jit)
+    adam_jit = args.adam_jit_compile
+    adam_rate, adam_pilot = data.pilot(keras.optimizers.Adam, ADAM_RATES, adam_jit)
     runs = {
-        f"K-FAC batch {args.kfac_batch}": data.run("K-FAC", kfac(args), args.kfac_batch,
-                                                   keys=KFAC_KEYS, jit_compile=jit),
+        kfac_name(args.kfac_batch, args.kfac_curvature_fraction): data.run(
+            "K-FAC", kfac(args), args.kfac_batch, keys=KFAC_KEYS, jit_compile=args.jit_compile),
         f"Adam lr={adam_rate}": data.run("Adam", keras.optimizers.Adam(adam_rate), SMALL_BATCH,
-                                         jit_compile=jit),
+                                         jit_compile=adam_jit),
     }
     return {"runs": runs, "pilots": {str(r): e for r, e in adam_pilot.items()},
             "costs": step_costs(args, data.images[:args.kfac_batch])}
@@ -243,11 +250,13 @@ def step_costs(args, images):
 
     The plain gradient is a `fit` step of SGD with rate 0 (gradient and a trivial update); the
     K-FAC steps are `fit` steps too, timed over a multiple of the inverse period so that their
-    mean includes the amortized inverse refresh. `invert` is the refresh alone.
+    mean includes the amortized inverse refresh: at `--kfac-curvature-fraction`, and adaptive
+    with the curvature on the whole batch for comparison. `invert` is the refresh alone.
     """
     models = {"gradient": keras.optimizers.SGD(0.0),
               "kfac_adaptive": kfac(args),
-              "kfac_fixed_rate": kfac(args, learning_rate=1e-3, momentum=0.9)}
+              "kfac_fixed_rate": kfac(args, learning_rate=1e-3, momentum=0.9),
+              "kfac_adaptive_whole_batch": kfac(args, curvature_fraction=1.0)}
     steps = {}
     for name, optimizer in models.items():
         model = autoencoder()
@@ -264,7 +273,7 @@ def step_costs(args, images):
     costs = {name: {"median": statistics.median(values), "mean": statistics.fmean(values)}
              for name, values in times.items()}
     gradient = costs["gradient"]["median"]
-    for name in ("kfac_adaptive", "kfac_fixed_rate"):
+    for name in ("kfac_adaptive", "kfac_fixed_rate", "kfac_adaptive_whole_batch"):
         costs[name]["gradients"] = costs[name]["mean"] / gradient
     costs["invert"]["amortized"] = costs["invert"]["median"] / args.kfac_inverse_period
     costs["invert"]["share_of_step"] = (costs["invert"]["amortized"]
@@ -396,14 +405,20 @@ def markdown(stored, args):
             f"inverse period) {costs['kfac_adaptive']['mean']:.3f} s = "
             f"{costs['kfac_adaptive']['gradients']:.2f} gradients; K-FAC with a fixed rate and "
             f"momentum {costs['kfac_fixed_rate']['mean']:.3f} s = "
-            f"{costs['kfac_fixed_rate']['gradients']:.2f} gradients; the inverse refresh "
+            f"{costs['kfac_fixed_rate']['gradients']:.2f} gradients; "
+            + ("" if "kfac_adaptive_whole_batch" not in costs else
+               "adaptive with the curvature on the whole batch "
+               f"{costs['kfac_adaptive_whole_batch']['mean']:.3f} s = "
+               f"{costs['kfac_adaptive_whole_batch']['gradients']:.2f} gradients; ")
+            + "the inverse refresh "
             f"{costs['invert']['median']:.3f} s, amortized {costs['invert']['amortized']:.3f} s "
             f"= {100 * costs['invert']['share_of_step']:.1f}% of the adaptive step.",
             "",
         ]
     if "kfac_pilots" in groups:
-        lines += [f"K-FAC batch-size pilots ({groups['kfac_pilots']['sitting']}; train / test "
-                  "error at each evaluation):", ""]
+        lines += [f"K-FAC pilots of the batch size and curvature fraction "
+                  f"({groups['kfac_pilots']['sitting']}; training error at each evaluation):",
+                  ""]
         for name, run in groups["kfac_pilots"]["runs"].items():
             points = ", ".join(f"{elapsed / 60:.1f} min {v['train']:.2f}"
                                for elapsed, v in run["curve"][1:])
@@ -425,6 +440,10 @@ def markdown(stored, args):
     return "\n".join(lines) + "\n"
 
 
+def jit_setting(value):
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--groups", nargs="+", choices=GROUPS, required=True)
@@ -435,10 +454,14 @@ def main():
     parser.add_argument("--kfac-batch", type=int, default=2000)
     parser.add_argument("--kfac-damping", type=float, default=1.0)
     parser.add_argument("--kfac-inverse-period", type=int, default=5)
-    parser.add_argument("--kfac-pilot-batches", type=int, nargs="+", default=[1000, 2000, 6000])
+    parser.add_argument("--kfac-curvature-fraction", type=float, default=1.0)
+    parser.add_argument("--kfac-pilots", nargs="+", default=["2000:1", "2000:0.25", "4000:0.25"],
+                        help="batch:curvature_fraction of each pilot")
     parser.add_argument("--kfac-pilot-minutes", type=float, default=4.0)
-    parser.add_argument("--jit-compile", type=lambda v: {"true": True, "false": False}.get(
-        v.lower(), v), default=True, help="XLA for K-FAC and Adam: true, false or auto")
+    parser.add_argument("--jit-compile", type=jit_setting, default=True,
+                        help="XLA for K-FAC: true, false or auto")
+    parser.add_argument("--adam-jit-compile", type=jit_setting, default=False,
+                        help="XLA for Adam (false: graph mode, its faster mode on this CPU)")
     parser.add_argument("--hf-batch", type=int, default=2000)
     parser.add_argument("--hf-cg", type=int, default=50)
     parser.add_argument("--hf-min-damping", type=float, default=0.01)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras_secondorder._keras_compat import all_layers
 from keras_secondorder.curvature import kinds, kronecker
 from keras_secondorder.curvature.diagonal import batch_diagonal
-from keras_secondorder.curvature.ggn import gauss_newton_quadratic_forms
+from keras_secondorder.curvature.ggn import gauss_newton_matrix, gauss_newton_quadratic_forms
 from keras_secondorder.curvature.objective import Batch, Objective, as_batch, batch_size
 
 
@@ -73,6 +73,8 @@ class BatchCurvature:
         Curvature can be estimated on less data than the gradient (Martens 2010 uses a quarter
         of the batch): the objective's mean over the head is an unbiased estimate of the mean.
         """
+        if fraction >= 1 and limit is None:
+            return self
         size = tf.nest.flatten(self.batch.x)[0].shape[0]
         if size is not None:  # Static under jit_compile: a static slice.
             count = max(1, math.ceil(fraction * size))
@@ -112,6 +114,11 @@ class BatchCurvature:
         """`[v_iᵀ G v_j]` for a few vectors: forward-mode passes only, no products."""
         forms = gauss_newton_quadratic_forms(self.objective, self.batch, vectors)
         return self._result([forms], sum_over_replicas)[0]
+
+    def gauss_newton_matrix(self, sum_over_replicas=True):
+        """The dense `(P, P)` Gauss-Newton matrix (`ggn.gauss_newton_matrix`), for small models."""
+        return self._result([gauss_newton_matrix(self.objective, self.batch)],
+                            sum_over_replicas)[0]
 
     def fisher_vector_product(self, vector, sum_over_replicas=True):
         """`v -> F v`, the empirical Fisher product."""

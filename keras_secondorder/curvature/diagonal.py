@@ -25,9 +25,10 @@ from keras_secondorder.curvature import gradient_squares
 from keras_secondorder.curvature.bbprop import bbprop_diagonal
 from keras_secondorder.curvature.hessian import _hessian_product
 from keras_secondorder.curvature.objective import Objective, as_batches, batch_weights
-from keras_secondorder.curvature.output_losses import rows
-from keras_secondorder.curvature.output_space import penalty_diagonal
-from keras_secondorder.curvature.vectors import densify
+from keras_secondorder.curvature.output_space import (
+    penalty_diagonal,
+    per_example_factor_gradients,
+)
 
 _ZERO = tf.UnconnectedGradients.ZERO
 METHODS = ("ggn", "ggn_mc", "hutchinson", "empirical_fisher", "bbprop")
@@ -117,12 +118,12 @@ def batch_diagonal(objective, batch, method, samples=1, seed=(0, 0), chunk_size=
         return gradient_squares.dense_chain_gradient_squares(objective, batch)  # Dense chains.
     if method == "ggn":  # Output-space factors r_nf with C_n = sum_f r_nf r_nfᵀ:
         def factors(output_loss, z):  # the columns of H_n^1/2,
-            return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
+            return output_loss.hessian_sqrt_columns(z)
     else:  # "empirical_fisher": the per-example loss gradient.
         def factors(output_loss, z):
             return [output_loss.row_gradients(batch.y, z)]
     squares, num_losses = _output_space_squares(objective, batch, factors, chunk_size)
-    return _with_penalty(objective, squares, num_losses)
+    return with_penalty(objective, squares, num_losses)
 
 
 def _check_settings(method, samples, chunk_size):
@@ -147,44 +148,24 @@ def _monte_carlo_ggn(objective, batch, samples, seed, chunk_size):
     zeros = [tf.zeros_like(p) for p in objective.params()]
     _, total = tf.while_loop(lambda index, _: index < samples, draw, (tf.constant(0), zeros))
     _, losses = objective.forward(objective.params(), batch.x)
-    return _with_penalty(objective, [t / samples for t in total], len(losses))
+    return with_penalty(objective, [t / samples for t in total], len(losses))
 
 
-def _with_penalty(objective, squares, num_losses):
+def with_penalty(objective, squares, num_losses):
+    """`squares` plus the diagonal of the elementwise weight penalties (`penalty_diagonal`)."""
     penalty = penalty_diagonal(objective, objective.params(), num_losses)
     return squares if penalty is None else [s + p for s, p in zip(squares, penalty, strict=True)]
 
 
 def _output_space_squares(objective, batch, factors, chunk_size):
-    # diag(sum_n c_n sum_f J_nᵀ r_nf r_nfᵀ J_n) = sum_n c_n sum_f (J_nᵀ r_nf)², with
-    # output-space factors r_nf of the curvature; J_nᵀ r_nf is the per-example gradient of
-    # r_nfᵀ z_n, computed for a chunk of rows at a time with a vectorized jacobian. Returns the
+    # diag(sum_n c_n sum_f J_nᵀ r_nf r_nfᵀ J_n) = sum_n c_n sum_f (J_nᵀ r_nf)². Returns the
     # squares and the number of model.losses (for the penalty's diagonal).
-    params = objective.params()
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(params)
-        y_pred, losses = objective.forward(params, batch.x)
-        output_loss = objective.output_loss(batch, y_pred)
-        z_rows = rows(output_loss.split(y_pred))
-        fixed = tf.stop_gradient(z_rows)
-        scale = tf.sqrt(output_loss.row_weights(batch.y, fixed, batch.sample_weight))[:, None]
-        chunks = []
-        for block in factors(output_loss, fixed):
-            weighted = tf.stop_gradient(scale * block)
-            projections = tf.reduce_sum(weighted * z_rows, axis=-1)
-            size = projections.shape[0]
-            if size is None:  # Batch size unknown when traced: one chunk.
-                chunks.append(projections)
-            else:
-                chunks += [projections[start:start + chunk_size]
-                           for start in range(0, size, chunk_size)]
-    total = [tf.zeros_like(p) for p in params]
-    for chunk in chunks:
-        per_example = tape.jacobian(chunk, params, unconnected_gradients=_ZERO)
-        total = [t + tf.reduce_sum(tf.square(densify(g, p)), axis=0)
-                 for t, g, p in zip(total, per_example, params, strict=True)]
-    del tape
-    return total, len(losses)
+    rows_of_gradients = per_example_factor_gradients(objective, batch, factors, chunk_size)
+    total = [tf.zeros_like(p) for p in objective.params()]
+    for chunk in rows_of_gradients.chunks:
+        total = [t + tf.reduce_sum(tf.square(g), axis=0)
+                 for t, g in zip(total, rows_of_gradients.of_chunk(chunk), strict=True)]
+    return total, rows_of_gradients.num_losses
 
 
 def _hutchinson(objective, batch, samples, seed):

@@ -9,7 +9,10 @@ from keras_secondorder.curvature.output_losses import rows
 from keras_secondorder.curvature.output_space import (
     output_space_product,
     output_space_quadratic_forms,
+    penalty_diagonal,
+    per_example_factor_gradients,
 )
+from keras_secondorder.curvature.vectors import flatten
 
 
 def _loss_hessian_product(output_loss, batch, z, jz):
@@ -26,6 +29,36 @@ def _ggn_product(objective, batch, vector):
 def gauss_newton_quadratic_forms(objective, batch, vectors):
     """`[v_iᵀ G v_j]` for a few vectors on one `Batch` (`output_space_quadratic_forms`)."""
     return output_space_quadratic_forms(objective, batch, vectors, _loss_hessian_product)
+
+
+def gauss_newton_matrix(objective, batch, chunk_size=64):
+    """The Gauss-Newton matrix of one `Batch` as a dense `(P, P)` tensor, for small models.
+
+    `G = SᵀS + diag(∇²R)`: the rows of `S` are the per-example gradients `sqrt(c_n) J_nᵀ s_nk`
+    of the columns `s_nk` of a square root of each output Hessian (closed form,
+    `output_losses`), so `SᵀS = sum_n c_n J_nᵀ H_n J_n` (with mean squared error, `S` is the
+    residuals' Jacobian scaled by `sqrt(2 c_n / C)`: `(2/(NC)) JᵀJ`); one vectorized backward
+    pass per output unit over `chunk_size` examples at a time. `R` must be elementwise weight
+    penalties (L1, L2, L1L2), whose Hessian is diagonal. Traceable in `tf.function`; memory
+    `P²` (the caller bounds `P`).
+
+    Args:
+        objective: the `Objective`.
+        batch: a `Batch`.
+        chunk_size: examples per vectorized backward pass. Defaults to `64`.
+
+    Returns:
+        `G`, shape `(P, P)`, in the variables' flat order (`vectors.flatten`).
+    """
+    gradients = per_example_factor_gradients(
+        objective, batch, lambda output_loss, z: output_loss.hessian_sqrt_columns(z), chunk_size)
+    matrix = tf.zeros([objective.num_parameters] * 2, objective.dtype)
+    for chunk in gradients.chunks:  # Rows s_nk, flattened: (rows, P).
+        rows_of_s = tf.concat([tf.reshape(g, [tf.shape(g)[0], -1])
+                               for g in gradients.of_chunk(chunk)], axis=1)
+        matrix += tf.matmul(rows_of_s, rows_of_s, transpose_a=True)
+    penalty = penalty_diagonal(objective, objective.params(), gradients.num_losses)
+    return matrix if penalty is None else matrix + tf.linalg.diag(flatten(penalty))
 
 
 def gauss_newton_vector_product(model, x, y, vector, sample_weight=None, *, loss=None,

@@ -31,9 +31,17 @@ factor's per-example pre-activation gradients `g_nf = J_nᵀ r_nf` are one backw
 - `"empirical"`: the loss gradient at the true label (the empirical Fisher).
 
 Every other trainable variable (BatchNormalization's scale and shift, custom layers, a layer
-whose weights are only partly in the objective) gets a diagonal block: the same curvature's
-diagonal from `diagonal` (`"ggn"`, `"ggn_mc"` or `"empirical_fisher"`). Weight penalties
-(`model.losses`) are not in the factors; K-FAC optimizers fold them into the damping.
+whose weights are only partly in the objective) gets a diagonal block of the same curvature,
+with the diagonal of the elementwise weight penalties (`model.losses`) added; the penalties are
+not in the Kronecker factors (K-FAC optimizers fold them into the damping). With `"exact"` and
+`"empirical"` it is the diagonal from `diagonal` (`"ggn"`, `"empirical_fisher"`: per-example
+backward passes). With `"sampled"` it comes from the backward pass that gives `G`: the square of
+`∇_w sum_n sqrt(c_n) r_nᵀ z_n = sum_n sqrt(c_n) J_nᵀ r_n`, whose cross terms between examples
+vanish in expectation (the sampled `r_n` are independent with zero mean), so that
+`E[(sum_n sqrt(c_n) J_nᵀ r_n)²] = sum_n c_n E[(J_nᵀ r_n)²]`, the Fisher diagonal. It costs
+nothing more; its variance is larger than the per-example estimate's (`"ggn_mc"`, whose
+per-example passes took 12.8 s of a LeNet-5 batch of 1000 on this machine for 24 weights), and
+the optimizer's moving average over batches takes it down.
 
 An `Embedding` is a Dense layer on one-hot inputs: `A` is diagonal, the weighted token counts,
 and is kept as a vector.
@@ -57,15 +65,15 @@ import tensorflow as tf
 from keras_secondorder._keras_compat import all_layers, intercepted_calls, with_linear_activation
 from keras_secondorder._validation import one_of
 from keras_secondorder.curvature import dense, kinds
-from keras_secondorder.curvature.diagonal import batch_diagonal
+from keras_secondorder.curvature.diagonal import batch_diagonal, with_penalty
 from keras_secondorder.curvature.layer_rules import RuleRegistry
 from keras_secondorder.curvature.objective import as_batch, as_objective
 from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.output_losses import rows
-from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
+from keras_secondorder.curvature.vectors import densify, flatten, scalar, unflatten
 
 FISHERS = ("exact", "sampled", "empirical")
-_DIAGONAL_METHODS = {"exact": "ggn", "sampled": "ggn_mc", "empirical": "empirical_fisher"}
+_DIAGONAL_METHODS = {"exact": "ggn", "empirical": "empirical_fisher"}
 _ZERO = tf.UnconnectedGradients.ZERO
 
 
@@ -129,10 +137,15 @@ def _patches(x, kernel_size, strides, dilation_rate, padding):
 
 
 class Conv2DRule(KroneckerRule):
-    """KFC: `ā_nt` is the patch the kernel sees at output position `t` (channels last)."""
+    """KFC: `ā_nt` is the patch the kernel sees at output position `t` (channels last).
+
+    A subclass with a `convolution_op` of its own (a masked kernel, as LeNet-5's connection
+    table) convolves with something else than its kernel, so it is not covered.
+    """
 
     def supports(self, layer):
-        return layer.data_format == "channels_last" and layer.groups == 1
+        return (layer.data_format == "channels_last" and layer.groups == 1
+                and type(layer).convolution_op is keras.layers.Conv2D.convolution_op)
 
     def inputs(self, layer, x):
         return _patches(x, layer.kernel_size, layer.strides, layer.dilation_rate, layer.padding)
@@ -258,8 +271,11 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
         ValueError: the loss has no Gauss-Newton split (lists the supported losses).
     """
     one_of(fisher, "fisher", FISHERS)
-    layers = blocked_layers(objective.model, objective.variables)
+    blocks_layout, diagonal_indices = layout(objective.model, objective.variables)
+    layers = [layer for layer, _, _, _ in blocks_layout]
     params = objective.params()
+    # "sampled": the diagonal blocks from the backward pass of G (see the module's docstring).
+    sampled_diagonal = [params[i] for i in diagonal_indices] if fisher == "sampled" else []
     recorded = {id(layer): [] for layer in layers}
 
     def intercept(layer, call, inputs, *args, **kwargs):
@@ -271,7 +287,7 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(params)
         with intercepted_calls(layers, intercept):
-            y_pred, _ = objective.forward(params, batch.x)
+            y_pred, losses = objective.forward(params, batch.x)
         output_loss = objective.output_loss(batch, y_pred)
         z_rows = rows(output_loss.split(y_pred))
         fixed = tf.stop_gradient(z_rows)
@@ -281,7 +297,8 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
     pre_activations = [[s for _, s in recorded[id(layer)]] for layer in layers]
     sums = [None] * len(layers)
     for projection in projections:  # sum_n c_n sum_f sum_t g_ntf g_ntfᵀ per layer.
-        gradients = tape.gradient(projection, pre_activations, unconnected_gradients=_ZERO)
+        gradients, diagonal_gradients = tape.gradient(
+            projection, [pre_activations, sampled_diagonal], unconnected_gradients=_ZERO)
         for index, calls in enumerate(gradients):
             g = tf.concat([tf.reshape(g, [tf.shape(g)[0], -1, g.shape[-1]]) for g in calls],
                           axis=1)
@@ -290,20 +307,19 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
             sums[index] = outer if sums[index] is None else sums[index] + outer
     del tape
     example_weights = _example_weights(batch, params[0].dtype)
-    positions = {id(v): index for index, v in enumerate(objective.variables)}
     blocks = []
-    for layer, total in zip(layers, sums, strict=True):
-        rule = rule_for(layer)
-        a, count = rule.input_factor(layer, [x for x, _ in recorded[id(layer)]],
-                                     example_weights)
-        indices = tuple(positions[id(v)] for v in rule.variables(layer))
+    for (layer, indices, _, _), total in zip(blocks_layout, sums, strict=True):
+        a, count = rule_for(layer).input_factor(layer, [x for x, _ in recorded[id(layer)]],
+                                                example_weights)
         blocks.append(KroneckerBlock(layer, indices, a, total / tf.cast(count, total.dtype)))
-    covered = {index for block in blocks for index in block.indices}
-    diagonal_indices = tuple(i for i in range(len(objective.variables)) if i not in covered)
     diagonals = ()
     if diagonal_indices:
         rest = objective.restricted([objective.variables[i] for i in diagonal_indices])
-        diagonals = tuple(batch_diagonal(rest, batch, _DIAGONAL_METHODS[fisher], seed=seed))
+        if fisher == "sampled":
+            diagonals = tuple(with_penalty(rest, [tf.square(densify(g, p)) for g, p in zip(
+                diagonal_gradients, sampled_diagonal, strict=True)], len(losses)))
+        else:
+            diagonals = tuple(batch_diagonal(rest, batch, _DIAGONAL_METHODS[fisher]))
     return KroneckerFactors(tuple(blocks), diagonal_indices, diagonals)
 
 
@@ -352,7 +368,7 @@ def structure(model, variables):
 
 def _output_factors(fisher, output_loss, batch, z, seed):
     if fisher == "exact":
-        return [output_loss.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
+        return output_loss.hessian_sqrt_columns(z)
     if fisher == "sampled":
         return [output_loss.sample_hessian_sqrt(z, tf.cast(seed, tf.int64))]
     return [output_loss.row_gradients(batch.y, z)]

@@ -118,6 +118,10 @@ class OutputLoss:
         """
         raise NotImplementedError
 
+    def hessian_sqrt_columns(self, z):
+        """All `C` columns of `S_n` (`hessian_sqrt_column`): the exact output-space factors."""
+        return [self.hessian_sqrt_column(z, k) for k in range(z.shape[-1])]
+
     def sample_hessian_sqrt(self, z, seed):
         """A random `r_n` per row with `E[r_n r_nᵀ] = H_n` (Monte-Carlo factor): `(N, C)`.
 

@@ -7,11 +7,15 @@ regularization terms, whose exact Hessian is added (for an L2 weight cost `0.5 �
 `λ I`, as in Martens 2010).
 """
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 
 from keras_secondorder._keras_compat import has_recurrent_layer, scale_loss_for_distribution
-from keras_secondorder.curvature.vectors import dense_gradient
+from keras_secondorder.curvature.output_losses import rows
+from keras_secondorder.curvature.vectors import dense_gradient, densify
 
 _ZERO = tf.UnconnectedGradients.ZERO
 _ELEMENTWISE_PENALTIES = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
@@ -130,6 +134,64 @@ def _double_backward_product(objective, batch, params, vector, output_product):
         result = [a + b for a, b in zip(result, hessian_reg, strict=True)]
     del tape
     return result
+
+
+class FactorGradients(NamedTuple):
+    """Per-example gradients of output-space factors by chunks (`per_example_factor_gradients`).
+
+    Attributes:
+        chunks: the projections `sqrt(c_n) r_nfᵀ z_n` of a chunk of rows each.
+        of_chunk: `chunk -> sqrt(c_n) J_nᵀ r_nf` for its rows: a list shaped like the
+            variables with a leading axis of rows (one vectorized jacobian).
+        num_losses: the number of `model.losses` of the forward pass.
+    """
+
+    chunks: list
+    of_chunk: Callable
+    num_losses: int
+
+
+def per_example_factor_gradients(objective, batch, factors, chunk_size):
+    """`sqrt(c_n) J_nᵀ r_nf` for every example `n` and output-space factor `r_nf`, by chunks.
+
+    With factors of an output-space curvature, `C_n = sum_f r_nf r_nfᵀ`, these rows `s_nf`
+    give `sum_n c_n J_nᵀ C_n J_n = sum_nf s_nf s_nfᵀ` (the matrix) and `sum_nf s_nf²` (its
+    diagonal). `s_nf` is the per-example gradient of `sqrt(c_n) r_nfᵀ z_n`; `of_chunk`
+    computes it for `chunk_size` examples at a time with a vectorized jacobian, so memory stays
+    bounded by a chunk when the chunks are reduced one at a time.
+
+    Args:
+        objective, batch: as for `output_space_product`.
+        factors: `(output_loss, z) -> [r_f]`, each shaped like the rows of `z`, `(N, C)`.
+        chunk_size: examples per jacobian.
+
+    Returns:
+        `FactorGradients`.
+    """
+    params = objective.params()
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(params)
+        y_pred, losses = objective.forward(params, batch.x)
+        output_loss = objective.output_loss(batch, y_pred)
+        z_rows = rows(output_loss.split(y_pred))
+        fixed = tf.stop_gradient(z_rows)
+        scale = tf.sqrt(output_loss.row_weights(batch.y, fixed, batch.sample_weight))[:, None]
+        chunks = []
+        for block in factors(output_loss, fixed):
+            weighted = tf.stop_gradient(scale * block)
+            projections = tf.reduce_sum(weighted * z_rows, axis=-1)
+            size = projections.shape[0]
+            if size is None:  # Batch size unknown when traced: one chunk.
+                chunks.append(projections)
+            else:
+                chunks += [projections[start:start + chunk_size]
+                           for start in range(0, size, chunk_size)]
+
+    def of_chunk(projections):
+        per_example = tape.jacobian(projections, params, unconnected_gradients=_ZERO)
+        return [densify(g, p) for g, p in zip(per_example, params, strict=True)]
+
+    return FactorGradients(chunks, of_chunk, len(losses))
 
 
 def _dot(first, second):

@@ -80,6 +80,13 @@ class KFAC(CurvatureOptimizer):
         inverse_update_period: steps between two refreshes of the damped inverses, the
             expensive part (a Cholesky factorization per factor, cubic in its size); in
             between, the last inverses are used. Defaults to `5`.
+        curvature_fraction: the leading fraction of each batch that the factors and the
+            quadratic model's curvature are taken on (the gradient and rho's change of the
+            objective are always the whole batch's). Curvature needs fewer examples than the
+            gradient: the factors are averaged over the last `1 / (1 - factor_decay)` batches
+            anyway, and the quadratic model's curvature on part of the batch is an unbiased
+            estimate (Martens 2010 takes a quarter for Hessian-free). Below 1 a step costs
+            less (`benchmarks/deep_autoencoder.py` measures it). Defaults to `1.0`.
         fisher: how `G` is estimated: `"sampled"` (labels drawn from the model's predictive
             distribution: the true Fisher, one backward pass), `"exact"` (closed-form output
             Hessian: one backward pass per output unit) or `"empirical"` (the true labels;
@@ -99,7 +106,8 @@ class KFAC(CurvatureOptimizer):
 
     def __init__(self, learning_rate=None, momentum=None, kl_clip=None, damping=1.0,
                  min_damping=1e-8, damping_period=5, damping_decay=0.95**5, factor_decay=0.95,
-                 inverse_update_period=5, fisher="sampled", seed=0, name="kfac", **kwargs):
+                 inverse_update_period=5, curvature_fraction=1.0, fisher="sampled", seed=0,
+                 name="kfac", **kwargs):
         adaptive = learning_rate is None
         for setting, value in (("momentum", momentum), ("kl_clip", kl_clip)):
             if adaptive and value is not None:
@@ -124,6 +132,8 @@ class KFAC(CurvatureOptimizer):
                                    "in [0, 1)")
         self.inverse_update_period = positive_int(inverse_update_period,
                                                   "inverse_update_period")
+        self.curvature_fraction = number(curvature_fraction, "curvature_fraction",
+                                         lambda v: 0 < v <= 1, "in (0, 1]")
         self.fisher = one_of(fisher, "fisher", kronecker.FISHERS)
         self.seed = integer(seed, "seed")
 
@@ -184,7 +194,9 @@ class KFAC(CurvatureOptimizer):
         shapes = [tuple(v.shape) for v in variables]
         step = tf.cast(self.iterations, tf.int64)
         seed = tf.stack([tf.constant(self.seed, tf.int64), step])
-        batch = kronecker.factor_tensors(curvature.kronecker_factors(self.fisher, seed))
+        # The factors and the quadratic model's curvature on the head of the batch.
+        head = curvature.head(self.curvature_fraction)
+        batch = kronecker.factor_tensors(head.kronecker_factors(self.fisher, seed))
         decay = scalar(self.factor_decay, dtype)
         weight = decay * tf.cast(self.factor_weight, dtype) + 1.0
         sums = [decay * tf.convert_to_tensor(s) + b for s, b in zip(self._sums, batch,
@@ -201,8 +213,7 @@ class KFAC(CurvatureOptimizer):
         previous = flatten([tf.convert_to_tensor(p) for p in self._previous_updates])
 
         def quadratic_forms(vectors):
-            return curvature.gauss_newton_quadratic_forms([unflatten(v, shapes)
-                                                           for v in vectors])
+            return head.gauss_newton_quadratic_forms([unflatten(v, shapes) for v in vectors])
 
         if self.adaptive:
             coefficients = step_coefficients(gradient, proposal, previous, quadratic_forms,
@@ -216,20 +227,22 @@ class KFAC(CurvatureOptimizer):
                                     scalar(self.kl_clip, dtype))
         update = rate * proposal + momentum * previous
         adapt = (step + 1) % self.damping_period == 0
-        rho, new_damping = self._adapted_damping(curvature, adapt, update, gradient, shapes,
-                                                 damping, None if not self.adaptive else
-                                                 coefficients.predicted_change)
+        rho, new_damping = self._adapted_damping(curvature, head, adapt, update, gradient,
+                                                 shapes, damping, None if not self.adaptive
+                                                 else coefficients.predicted_change)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
                                 for t in [gradient, update, *sums]])
         tf.distribute.get_replica_context().merge_call(
             self._apply, args=(variables, unflatten(update, shapes), sums, weight, inverses,
                                refresh, rho, new_damping, rate, momentum, finite))
 
-    def _adapted_damping(self, curvature, adapt, update, gradient, shapes, damping, predicted):
+    def _adapted_damping(self, curvature, head, adapt, update, gradient, shapes, damping,
+                         predicted):
         """`(rho, λ)` after this step: Levenberg-Marquardt on the damping steps, else as is.
 
-        rho compares the objective's change over the step with the quadratic model's `M(δ)`;
-        it takes one more forward pass (and, with a fixed rate, one product), only then.
+        rho compares the objective's change over the step on the batch (`curvature`) with the
+        quadratic model's `M(δ)` (its curvature on `head`); it takes one more forward pass
+        (and, with a fixed rate, one product), only then.
         """
         offset = unflatten(update, shapes)
 
@@ -238,7 +251,7 @@ class KFAC(CurvatureOptimizer):
                       - curvature.loss(sum_over_replicas=False))
             values = [tf.cast(change, gradient.dtype)]
             if predicted is None:  # ½ δᵀ C δ, summed over the replicas with the change.
-                values.append(0.5 * curvature.gauss_newton_quadratic_forms(
+                values.append(0.5 * head.gauss_newton_quadratic_forms(
                     [offset], sum_over_replicas=False)[0, 0])
             return values
 
@@ -269,13 +282,17 @@ class KFAC(CurvatureOptimizer):
 
         update_variable = distribution.extended.update
 
+        def assign_all(slots, values):
+            for slot, value in zip(slots, values, strict=True):
+                update_variable(slot.value, assign, args=(value,), group=False)
+
         def apply():
             for variable, delta in zip(variables, update, strict=True):
                 update_variable(variable, add, args=(delta,), group=False)
-            for slots, values in ((self._previous_updates, update), (self._sums, sums),
-                                  (self._inverses, inverses)):
-                for slot, value in zip(slots, values, strict=True):
-                    update_variable(slot.value, assign, args=(value,), group=False)
+            assign_all(self._previous_updates, update)
+            assign_all(self._sums, sums)
+            # The inverses change only when refreshed (a copy of every factor's size otherwise).
+            tf.cond(first(refresh), lambda: assign_all(self._inverses, inverses), lambda: None)
             for scalar_slot, value in ((self.factor_weight, weight), (self.damping, damping),
                                        (self.rho, rho), (self.step_learning_rate, rate),
                                        (self.step_momentum, momentum)):
@@ -298,6 +315,7 @@ class KFAC(CurvatureOptimizer):
             "damping_decay": self.damping_decay,
             "factor_decay": self.factor_decay,
             "inverse_update_period": self.inverse_update_period,
+            "curvature_fraction": self.curvature_fraction,
             "fisher": self.fisher,
             "seed": self.seed,
         })

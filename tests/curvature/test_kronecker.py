@@ -9,6 +9,7 @@ from conftest import MODELS, make_case, random_like
 from keras_secondorder import curvature, spectrum
 from keras_secondorder.curvature import dense, kronecker
 from keras_secondorder.curvature.objective import Objective, as_batch
+from keras_secondorder.models import ConnectionTableConv2D
 
 
 def factors(model, x, y, weights, fisher="exact", seed=(0, 0)):
@@ -190,6 +191,40 @@ def test_sampled_g_converges_to_the_exact_g(float64):
         return np.linalg.norm(np.mean(draws[:count], axis=0) - exact) / np.linalg.norm(exact)
 
     assert error(400) < 0.1 and error(400) < 0.5 * error(25)
+
+
+def test_sampled_diagonal_blocks_converge_to_the_gauss_newton_diagonal(float64):
+    # "sampled" takes the diagonal blocks from G's backward pass: the square of the batch's
+    # sampled gradient, unbiased (cross terms between examples have zero mean), plus the L2
+    # penalty's diagonal. The first layer's kernel without its bias is only partly in the
+    # objective, so it gets a diagonal block, as BatchNormalization's scale and shift do.
+    model, x, y, weights = make_case("bn_dropout", "ce", regularizer=keras.regularizers.L2(0.1))
+    variables = [v for v in model.trainable_variables if v is not model.layers[0].bias]
+    objective, batch = Objective(model, variables=variables), as_batch((x, y, weights))
+    assert kronecker.layout(model, variables)[1] == (0, 1, 2)
+    exact = np.concatenate([d.numpy().ravel() for d in curvature.diagonal(
+        model, (x, y, weights), "ggn", variables=variables)[:3]])
+    draw = tf.function(lambda seed: kronecker.kronecker_factors(objective, batch, "sampled",
+                                                                seed).diagonals)
+    draws = [np.concatenate([d.numpy().ravel() for d in draw(tf.constant([5, s]))])
+             for s in range(400)]
+
+    def error(count):
+        return np.linalg.norm(np.mean(draws[:count], axis=0) - exact) / np.linalg.norm(exact)
+
+    assert error(400) < 0.1 and error(400) < 0.5 * error(25)
+
+
+def test_a_convolution_with_its_own_convolution_op_gets_diagonal_blocks(float64):
+    # LeNet-5's C3 multiplies its kernel by the connection table in `convolution_op`: its
+    # patches' A would let K-FAC move the masked entries, so it is not a KFC block.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 3)),
+                              ConnectionTableConv2D([(0, 1), (1, 2)], kernel_size=3),
+                              keras.layers.Flatten(), keras.layers.Dense(2)])
+    blocks, diagonal_indices = kronecker.layout(model, model.trainable_variables)
+    assert [block[0] for block in blocks] == [model.layers[-1]]
+    assert diagonal_indices == (0, 1)
 
 
 def test_other_variables_get_the_curvature_diagonal(float64):

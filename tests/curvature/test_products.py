@@ -175,3 +175,13 @@ def test_gauss_newton_quadratic_forms_equal_the_dense_matrix(float64, kind):
     columns = tf.stack([curvature.flatten(v) for v in vectors], axis=1)
     expected = tf.transpose(columns) @ dense.ggn(model, x, y, sample_weight) @ columns
     assert relative_error(forms, expected) <= 1e-10
+
+
+@pytest.mark.parametrize("kind,loss_name", GRID)
+def test_gauss_newton_matrix_equals_the_dense_one(float64, kind, loss_name):
+    # SᵀS from the output Hessians' square-root columns, plus the L2 penalty's diagonal,
+    # against the reference from nested jacobians of Keras's own loss (training mode).
+    model, x, y, weights = make_case(kind, loss_name, regularizer=keras.regularizers.L2(0.05))
+    matrix = curvature.BatchCurvature(model, (x, y, weights)).gauss_newton_matrix()
+    expected = dense.ggn(model, x, y, weights, training=True)
+    assert relative_error(matrix, expected) <= 1e-10

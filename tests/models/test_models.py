@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_secondorder as ks
 from keras_secondorder import models
 
 
@@ -32,6 +33,22 @@ def test_c3_table_masks_unconnected_kernel_entries():
     unconnected = np.broadcast_to(mask == 0, kernel_gradient.shape)
     assert np.all(kernel_gradient.numpy()[unconnected] == 0)
     assert np.any(kernel_gradient.numpy()[~unconnected] != 0)
+
+
+def test_c3_masked_entries_never_change_under_kfac():
+    # K-FAC gives C3 a diagonal block (its convolution is not the kernel's): the masked
+    # entries' zero gradient leaves them as they were, the live ones move.
+    model = ks.wrap(models.lenet5())
+    model.compile(ks.optimizers.KFAC(), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 32, 32, 1)).astype("float32")
+    y = rng.integers(0, 10, 16)
+    c3 = model.get_layer("c3")
+    before = c3.kernel.numpy()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    unconnected = np.broadcast_to(c3.mask.numpy() == 0, before.shape)
+    assert np.array_equal(c3.kernel.numpy()[unconnected], before[unconnected])
+    assert np.all(c3.kernel.numpy()[~unconnected] != before[~unconnected])
 
 
 def test_trainable_subsampling_is_scaled_window_sum(float64):

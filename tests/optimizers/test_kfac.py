@@ -28,17 +28,21 @@ def damped_inverses(a, g, damping):
 
 
 def reference_training(model, steps, damping, omega, learning_rate=None, momentum=0.0,
-                       kl_clip=None, decay=0.95):
+                       kl_clip=None, decay=0.95, head=None):
     """KFAC's update written out in numpy (float64), exact Fisher, every period 1.
 
-    Returns the weights, the damping, the last rho and the rates of the steps.
+    The factors and the quadratic model's curvature are those of the first `head` examples
+    (default: all), the gradient and rho's change of the loss those of all. Returns the
+    weights, the damping, the last rho and the rates of the steps.
 
     Mean squared error over k = 2 outputs: c_n = s_n / N, H_n = (2 / k) I. Layer 2's
     pre-activation is z (J = I); layer 1's is s1 with J_n = W2ᵀ diag(1 - h_n²).
     """
     w1, b1, w2, b2 = model.get_weights()
     n, k = len(X), 2
-    c, w = WEIGHTS / n, WEIGHTS / WEIGHTS.sum()
+    head = n if head is None else head
+    c = WEIGHTS / n
+    c_head, w_head = WEIGHTS[:head] / head, WEIGHTS[:head] / WEIGHTS[:head].sum()
     sums, weight, previous = None, 0.0, np.zeros(w1.size + b1.size + w2.size + b2.size)
     rates = []
 
@@ -49,11 +53,11 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
     for _ in range(steps):
         h = np.tanh(X @ w1 + b1)
         z = h @ w2 + b2
-        a1, a2 = np.c_[X, np.ones(n)], np.c_[h, np.ones(n)]
-        jacobians = np.einsum("ok,no->nko", w2, 1 - h**2)  # ∂z_n/∂s1_n: (N, k, 3).
-        batch = [np.einsum("n,ni,nj->ij", w, a1, a1),
-                 np.einsum("n,nki,nkj->ij", c, jacobians, jacobians) * 2 / k,
-                 np.einsum("n,ni,nj->ij", w, a2, a2), np.sum(c) * 2 / k * np.eye(k)]
+        a1, a2 = np.c_[X, np.ones(n)][:head], np.c_[h, np.ones(n)][:head]
+        jacobians = np.einsum("ok,no->nko", w2, 1 - h[:head]**2)  # ∂z_n/∂s1_n: (N, k, 3).
+        batch = [np.einsum("n,ni,nj->ij", w_head, a1, a1),
+                 np.einsum("n,nki,nkj->ij", c_head, jacobians, jacobians) * 2 / k,
+                 np.einsum("n,ni,nj->ij", w_head, a2, a2), np.sum(c_head) * 2 / k * np.eye(k)]
         sums = batch if sums is None else [decay * s + b for s, b in zip(sums, batch, strict=True)]
         weight = decay * weight + 1.0
         factors = [s / weight for s in sums]
@@ -68,7 +72,8 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
         proposal = np.concatenate(proposal)
         gradient = np.concatenate([g[:-1].ravel().tolist() + g[-1].tolist() for g in gradients])
         model.set_weights([w1, b1, w2, b2])
-        curvature = dense.ggn(model, X, Y, WEIGHTS).numpy() + damping * np.eye(len(gradient))
+        curvature = (dense.ggn(model, X[:head], Y[:head], WEIGHTS[:head]).numpy()
+                     + damping * np.eye(len(gradient)))
         if learning_rate is None:
             basis = np.stack([proposal, previous], axis=1)
             if np.any(previous):
@@ -96,19 +101,25 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
     return [w1, b1, w2, b2], damping, rho, rates
 
 
-@pytest.mark.parametrize("learning_rate, kl_clip", [(None, None), (0.3, None), (0.3, 0.025)])
-def test_steps_equal_the_numpy_reimplementation(float64, learning_rate, kl_clip):
+@pytest.mark.parametrize("learning_rate, kl_clip, curvature_fraction",
+                         [(None, None, 1.0), (0.3, None, 1.0), (0.3, 0.025, 1.0),
+                          (None, None, 0.4), (0.3, None, 0.4)])
+def test_steps_equal_the_numpy_reimplementation(float64, learning_rate, kl_clip,
+                                                curvature_fraction):
+    # A fraction of 0.4 of 12 examples: the factors and curvature of the first 5.
     reference_model = tiny_model()
     reference_model.compile(loss="mse")
     expected, damping, rho, rates = reference_training(
         reference_model, 3, 0.5, 0.9, learning_rate,
-        momentum=0.5 if learning_rate is not None else 0.0, kl_clip=kl_clip)
+        momentum=0.5 if learning_rate is not None else 0.0, kl_clip=kl_clip,
+        head=int(np.ceil(curvature_fraction * len(X))))
     if kl_clip is not None:  # The bound binds on some steps and not on others.
         assert min(rates) < learning_rate and max(rates) == learning_rate
     model = tiny_model()
     model.compile(KFAC(learning_rate, momentum=None if learning_rate is None else 0.5,
                        kl_clip=kl_clip, damping=0.5, damping_decay=0.9, damping_period=1,
-                       inverse_update_period=1, fisher="exact"), "mse")
+                       inverse_update_period=1, curvature_fraction=curvature_fraction,
+                       fisher="exact"), "mse")
     history = model.fit(X, Y, sample_weight=WEIGHTS, batch_size=12, epochs=3, shuffle=False,
                         verbose=0).history
     for actual, wanted in zip(model.get_weights(), expected, strict=True):
@@ -147,9 +158,13 @@ def test_trains_a_classifier_with_batchnorm_and_logs_its_state():
 
 
 def test_xla_gives_the_same_training(float64):
-    reference = trained(classifier(), 2).model.get_weights()
+    # With the curvature on half of each batch: a slice XLA compiles at the batch's shape.
+    def optimizer():
+        return KFAC(inverse_update_period=3, damping_period=2, curvature_fraction=0.5)
+
+    reference = trained(classifier(), 2, optimizer()).model.get_weights()
     model = classifier()
-    trained(model, 2, jit_compile=True)
+    trained(model, 2, optimizer(), jit_compile=True)
     for a, b in zip(model.get_weights(), reference, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
@@ -186,7 +201,8 @@ def test_a_non_finite_batch_changes_nothing_and_is_counted():
 
 
 def test_config_round_trip_and_bad_settings():
-    optimizer = KFAC(0.1, momentum=0.8, kl_clip=1e-3, damping=2.0, fisher="exact", seed=3)
+    optimizer = KFAC(0.1, momentum=0.8, kl_clip=1e-3, damping=2.0, curvature_fraction=0.25,
+                     fisher="exact", seed=3)
     config = optimizer.get_config()
     again = KFAC.from_config(config)
     assert again.get_config() == config
@@ -201,6 +217,8 @@ def test_config_round_trip_and_bad_settings():
         KFAC(fisher="true")
     with pytest.raises(ValueError, match="damping_decay"):
         KFAC(damping_decay=1.5)
+    with pytest.raises(ValueError, match=r"curvature_fraction.*in \(0, 1\]; received 0"):
+        KFAC(curvature_fraction=0)
     model = classifier()
     optimizer = KFAC()
     with pytest.raises(ValueError, match="set_model"):
