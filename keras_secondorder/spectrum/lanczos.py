@@ -77,6 +77,49 @@ def tridiagonalize(operator, num_iterations, start, tol=None, k=None, which="bot
     return _vector(alphas), _vector(betas), converged, basis, beta
 
 
+def krylov_basis(product, start, num_steps):
+    """`num_steps` Lanczos steps from `start`, inside a traced step: `(V, T)` for optimizers.
+
+    Unlike `tridiagonalize` (eager, stopping early), every step is taken, as tensor operations
+    only, so that it traces into a compiled train step (and XLA). After a breakdown (`β ≈ 0`:
+    the Krylov space is invariant, its Ritz pairs exact) the later vectors are zero, and so are
+    their rows of `T`. Full reorthogonalization, twice.
+
+    Args:
+        product: `v -> A v` on flat vectors, `A` symmetric.
+        start: the first direction (not necessarily unit; a zero vector gives zero `V`).
+        num_steps: `k`, the number of products.
+
+    Returns:
+        `(V, T)`: the orthonormal Lanczos vectors as the rows of a `(k, n)` tensor and the
+        `(k, k)` tridiagonal `T = V A Vᵀ`, in `start`'s dtype.
+    """
+    def unit(vector, norm, alive):
+        return tf.where(alive, vector / tf.where(alive, norm, 1.0), 0.0)
+
+    start_norm = tf.norm(start)
+    basis = [unit(start, start_norm, start_norm > 0)]
+    alphas, betas = [], []
+    for step in range(num_steps):
+        residual = product(basis[-1])
+        alpha = tf.tensordot(basis[-1], residual, 1)
+        residual -= alpha * basis[-1] + (betas[-1] * basis[-2] if betas else 0.0)
+        stacked = tf.stack(basis)
+        for _ in range(2):
+            residual -= tf.linalg.matvec(stacked, tf.linalg.matvec(stacked, residual), True)
+        alphas.append(alpha)
+        if step + 1 == num_steps:
+            break
+        beta = tf.norm(residual)
+        alive = beta > 1e-10 * tf.reduce_max(tf.abs(tf.stack(alphas + betas)))
+        betas.append(tf.where(alive, beta, 0.0))
+        basis.append(unit(residual, beta, alive))
+    tridiagonal = tf.linalg.diag(tf.stack(alphas))
+    if betas:
+        tridiagonal += tf.linalg.diag(tf.stack(betas), k=1) + tf.linalg.diag(tf.stack(betas), k=-1)
+    return tf.stack(basis), tridiagonal
+
+
 def _vector(values):
     """A float64 vector from a list of scalars (possibly empty) or a vector."""
     return tf.reshape(tf.convert_to_tensor(values, tf.float64), [-1])

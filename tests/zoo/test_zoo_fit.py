@@ -10,7 +10,14 @@ import tensorflow as tf
 
 from keras_secondorder.callbacks import HessianSpectrum, PowerMethodLR
 from keras_secondorder.curvature import dense
-from keras_secondorder.optimizers import KFAC, SDLM, EquilibratedSGD, HessianFree
+from keras_secondorder.optimizers import (
+    KFAC,
+    SDLM,
+    EquilibratedSGD,
+    HessianFree,
+    LevenbergMarquardt,
+    SaddleFreeNewton,
+)
 from zoo import models as zoo
 
 
@@ -48,9 +55,13 @@ OPTIMIZERS = {
     # Kronecker blocks for Dense, Conv1D, Conv2D and Embedding layers, diagonal blocks for the
     # rest (recurrent and attention kernels, normalization, custom layers).
     "kfac": lambda: KFAC(damping_period=2, inverse_update_period=2),
+    # The dense Gauss-Newton matrix from per-example backward passes, every layer alike.
+    "levenberg_marquardt": lambda: LevenbergMarquardt(damping=0.1),
+    "saddle_free_newton": lambda: SaddleFreeNewton(krylov_steps=4),
 }
+# Hessian products need no Gauss-Newton split: ESGD and SaddleFreeNewton train every model.
 TRAINING = [(name, optimizer) for name in zoo.ZOO for optimizer in OPTIMIZERS
-            if name in zoo.SPLIT or optimizer == "esgd"]
+            if name in zoo.SPLIT or optimizer in ("esgd", "saddle_free_newton")]
 
 
 @pytest.mark.parametrize("name,optimizer", TRAINING)
