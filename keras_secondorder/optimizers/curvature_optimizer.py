@@ -25,6 +25,18 @@ _MISSING_CURVATURE = (
 )
 
 
+def without_learning_rate(kwargs, name, why):
+    """`kwargs` without `learning_rate`, for optimizers whose steps size themselves.
+
+    Raises:
+        ValueError: a `learning_rate` was given (naming the optimizer and `why` it takes none).
+    """
+    if kwargs.get("learning_rate") is not None:
+        raise ValueError(f"{name} takes no `learning_rate` (received "
+                         f"{kwargs['learning_rate']!r}): {why}")
+    return {key: value for key, value in kwargs.items() if key != "learning_rate"}
+
+
 def with_base_keyword_docs(cls):
     """Fills `{{base_optimizer_keyword_args}}` in `cls`'s docstring with Keras's own text."""
     cls.__doc__ = cls.__doc__.replace("{{base_optimizer_keyword_args}}",
@@ -59,6 +71,29 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self.skipped_steps = self.add_scalar("skipped_steps")
+
+    def add_damping(self, variables, value):
+        """A `damping` state variable initialized to `value`, in the variables' dtype.
+
+        Not float32 as `add_scalar`'s: a float64 run's damping is not rounded each step.
+        """
+        return self.add_variable((), dtype=variables[0].dtype,
+                                 initializer=keras.initializers.Constant(value),
+                                 aggregation="only_first_replica", name="damping")
+
+    def require_one_device(self, alternatives):
+        """Raises, inside a step under a strategy of several replicas: the method runs on one.
+
+        Its loops (line searches, trials) evaluate the objective, which cannot all-reduce
+        inside a `tf.while_loop`. `alternatives` completes the error's advice.
+        """
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            raise ValueError(
+                f"{type(self).__name__} runs on one device; this strategy has "
+                f"{context.num_replicas_in_sync} replicas. Train it without a distribution "
+                f"strategy, or use {alternatives}."
+            )
 
     def add_scalar(self, name, value=0.0):
         """A float32 scalar state variable (counter, damping, diagnostic), one per model.

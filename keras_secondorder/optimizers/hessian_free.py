@@ -12,7 +12,10 @@ from keras_secondorder.curvature import gradient_squares, kinds
 from keras_secondorder.curvature.batch import synchronized_layers
 from keras_secondorder.curvature.vectors import flatten, unflatten
 from keras_secondorder.optimizers.conjugate_gradient import conjugate_gradient
-from keras_secondorder.optimizers.curvature_optimizer import CurvatureOptimizer
+from keras_secondorder.optimizers.curvature_optimizer import (
+    CurvatureOptimizer,
+    without_learning_rate,
+)
 from keras_secondorder.optimizers.quadratic_model import adjust_damping
 
 # The curvature kinds whose products HessianFree's CG and damping were designed for (Martens
@@ -21,6 +24,8 @@ CURVATURES = ("ggn", "hessian")
 PRECONDITIONERS = ("martens", None)
 # The default cap on the preconditioner's examples where they take per-example backward passes.
 PER_EXAMPLE_PASS_EXAMPLES = 256
+LINE_SEARCH_SIZES_STEPS = ("each step's size comes from its line search. Remove it; `damping` "
+                           "sets how cautious the first steps are.")
 _SETTINGS_OF_FIRST_ORDER_METHODS = ("clipnorm", "clipvalue", "global_clipnorm", "weight_decay")
 
 
@@ -296,13 +301,7 @@ class HessianFree(CurvatureOptimizer):
                 "gradient outside the objective breaks the quadratic model and the line search. "
                 "Remove it; for a weight cost add an L2 kernel_regularizer to the layers."
             )
-        if kwargs.get("learning_rate") is not None:
-            raise ValueError(
-                f"HessianFree takes no `learning_rate` (received {kwargs['learning_rate']!r}): "
-                "each step's size comes from its line search. Remove it; `damping` sets how "
-                "cautious the first steps are."
-            )
-        kwargs.pop("learning_rate", None)
+        kwargs = without_learning_rate(kwargs, "HessianFree", LINE_SEARCH_SIZES_STEPS)
         super().__init__(learning_rate=1.0, name=name, **kwargs)
         self.initial_damping = number(damping, "damping", lambda v: v > 0, "> 0")
         self.curvature = kinds.get(curvature, allowed=CURVATURES).name

@@ -154,13 +154,10 @@ class KFAC(CurvatureOptimizer):
         self._sums = self._factor_slots(variables, dtype, "sum")
         self._inverses = self._factor_slots(variables, dtype, "inverse")
         self._previous_updates = self.add_optimizer_variables(variables, "previous_update")
-        # In the variables' dtype: a float64 run's damping is not rounded to float32 each step.
         self.factor_weight = self.add_variable((), dtype=dtype, initializer="zeros",
                                                aggregation="only_first_replica",
                                                name="factor_weight")
-        self.damping = self.add_variable(
-            (), dtype=dtype, initializer=keras.initializers.Constant(self.initial_damping),
-            aggregation="only_first_replica", name="damping")
+        self.damping = self.add_damping(variables, self.initial_damping)
         self.rho = self.add_scalar("rho")
         self.step_learning_rate = self.add_scalar("step_learning_rate")
         self.step_momentum = self.add_scalar("step_momentum")

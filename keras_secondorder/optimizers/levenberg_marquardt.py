@@ -11,6 +11,7 @@ from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
 from keras_secondorder.optimizers.curvature_optimizer import (
     CurvatureOptimizer,
     with_base_keyword_docs,
+    without_learning_rate,
 )
 
 
@@ -145,13 +146,9 @@ class LevenbergMarquardt(CurvatureOptimizer):
                  min_damping=1e-12, max_damping=1e10, max_trials=10,
                  max_parameters=MAX_DENSE_PARAMETERS,
                  rcond=1e-12, name="levenberg_marquardt", **kwargs):
-        if kwargs.get("learning_rate") is not None:
-            raise ValueError(
-                f"LevenbergMarquardt takes no `learning_rate` (received "
-                f"{kwargs['learning_rate']!r}): each step solves the damped system exactly and "
-                "`damping` sets its length. Remove it."
-            )
-        kwargs.pop("learning_rate", None)
+        kwargs = without_learning_rate(
+            kwargs, "LevenbergMarquardt",
+            "each step solves the damped system exactly and `damping` sets its length. Remove it.")
         super().__init__(learning_rate=1.0, name=name, **kwargs)
         self.initial_damping = number(damping, "damping", lambda v: v >= 0, ">= 0")
         self.damping_increase = number(damping_increase, "damping_increase", lambda v: v > 1,
@@ -181,11 +178,7 @@ class LevenbergMarquardt(CurvatureOptimizer):
                 f"allow ({size}² entries, a {size}³ decomposition per step)."
             )
         super().build(variables)
-        dtype = variables[0].dtype
-        # In the variables' dtype: a float64 run's damping is not rounded to float32 each step.
-        self.damping = self.add_variable(
-            (), dtype=dtype, initializer=keras.initializers.Constant(self.initial_damping),
-            aggregation="only_first_replica", name="damping")
+        self.damping = self.add_damping(variables, self.initial_damping)
         self.trials = self.add_scalar("trials")
         self.rejected_steps = self.add_scalar("rejected_steps")
 
@@ -195,13 +188,7 @@ class LevenbergMarquardt(CurvatureOptimizer):
                 "rejected_steps": self.rejected_steps}
 
     def curvature_step(self, curvature, gradients, variables, learning_rate):
-        context = tf.distribute.get_replica_context()
-        if context.num_replicas_in_sync > 1:
-            raise ValueError(
-                f"LevenbergMarquardt runs on one device; this strategy has "
-                f"{context.num_replicas_in_sync} replicas. Train it without a distribution "
-                "strategy (its models are small), or use HessianFree or KFAC."
-            )
+        self.require_one_device("HessianFree or KFAC (its models are small anyway)")
         shapes = [tuple(v.shape) for v in variables]
         gradient = flatten(gradients)
         dtype = gradient.dtype

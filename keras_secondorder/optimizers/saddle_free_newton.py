@@ -10,8 +10,9 @@ from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
 from keras_secondorder.optimizers.curvature_optimizer import (
     CurvatureOptimizer,
     with_base_keyword_docs,
+    without_learning_rate,
 )
-from keras_secondorder.optimizers.hessian_free import armijo_line_search
+from keras_secondorder.optimizers.hessian_free import LINE_SEARCH_SIZES_STEPS, armijo_line_search
 from keras_secondorder.optimizers.quadratic_model import adjust_damping
 from keras_secondorder.spectrum.lanczos import krylov_basis
 
@@ -169,13 +170,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
                  damping_decrease=2.0 / 3.0, min_damping=1e-6, line_search_sufficient=0.01,
                  line_search_shrink=0.8, line_search_tries=30, name="saddle_free_newton",
                  **kwargs):
-        if kwargs.get("learning_rate") is not None:
-            raise ValueError(
-                f"SaddleFreeNewton takes no `learning_rate` (received "
-                f"{kwargs['learning_rate']!r}): each step's size comes from its line search. "
-                "Remove it; `damping` sets how cautious the first steps are."
-            )
-        kwargs.pop("learning_rate", None)
+        kwargs = without_learning_rate(kwargs, "SaddleFreeNewton", LINE_SEARCH_SIZES_STEPS)
         super().__init__(learning_rate=1.0, name=name, **kwargs)
         self.krylov_steps = positive_int(krylov_steps, "krylov_steps")
         self.initial_damping = number(damping, "damping", lambda v: v > 0, "> 0")
@@ -195,11 +190,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
         if self.built:
             return
         super().build(variables)
-        # In the variables' dtype: a float64 run's damping is not rounded to float32 each step.
-        self.damping = self.add_variable(
-            (), dtype=variables[0].dtype,
-            initializer=keras.initializers.Constant(self.initial_damping),
-            aggregation="only_first_replica", name="damping")
+        self.damping = self.add_damping(variables, self.initial_damping)
         self.rho = self.add_scalar("rho")
         self.step_size = self.add_scalar("step_size")
         self.smallest_ritz_value = self.add_scalar("smallest_ritz_value")
@@ -214,13 +205,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
                 "rejected_steps": self.rejected_steps}
 
     def curvature_step(self, curvature, gradients, variables, learning_rate):
-        context = tf.distribute.get_replica_context()
-        if context.num_replicas_in_sync > 1:
-            raise ValueError(
-                f"SaddleFreeNewton runs on one device; this strategy has "
-                f"{context.num_replicas_in_sync} replicas. Train it without a distribution "
-                "strategy, or use HessianFree or KFAC."
-            )
+        self.require_one_device("HessianFree or KFAC")
         shapes = [tuple(v.shape) for v in variables]
         gradient = flatten(gradients)
         result = saddle_free_step(

@@ -54,14 +54,7 @@ def tridiagonalize(operator, num_iterations, start, tol=None, k=None, which="bot
     alphas, betas = [], []
     converged = False
     for step in range(num_iterations):
-        product = apply(operator, basis[-1])
-        alpha = tf.tensordot(basis[-1], product, 1)
-        product -= alpha * basis[-1] + (betas[-1] * basis[-2] if betas else 0.0)
-        # Full reorthogonalization, twice ("twice is enough"): keeps the basis orthogonal to
-        # working precision, so no ghost copies of converged eigenvalues appear.
-        stacked = tf.stack(basis)
-        for _ in range(2):
-            product -= tf.linalg.matvec(stacked, tf.linalg.matvec(stacked, product), True)
+        alpha, product = _lanczos_step(lambda v: apply(operator, v), basis, betas)
         alphas.append(alpha)
         beta = tf.norm(product)
         if tol is not None and step + 1 >= 2 * k:
@@ -77,13 +70,28 @@ def tridiagonalize(operator, num_iterations, start, tol=None, k=None, which="bot
     return _vector(alphas), _vector(betas), converged, basis, beta
 
 
+def _lanczos_step(product, basis, betas):
+    """`(α, r)`: `α = vᵀAv` of the last basis vector and the residual `r`, orthogonal to all.
+
+    Full reorthogonalization, twice ("twice is enough"): keeps the basis orthogonal to working
+    precision, so no ghost copies of converged eigenvalues appear.
+    """
+    residual = product(basis[-1])
+    alpha = tf.tensordot(basis[-1], residual, 1)
+    residual -= alpha * basis[-1] + (betas[-1] * basis[-2] if betas else 0.0)
+    stacked = tf.stack(basis)
+    for _ in range(2):
+        residual -= tf.linalg.matvec(stacked, tf.linalg.matvec(stacked, residual), True)
+    return alpha, residual
+
+
 def krylov_basis(product, start, num_steps):
     """`num_steps` Lanczos steps from `start`, inside a traced step: `(V, T)` for optimizers.
 
     Unlike `tridiagonalize` (eager, stopping early), every step is taken, as tensor operations
     only, so that it traces into a compiled train step (and XLA). After a breakdown (`β ≈ 0`:
     the Krylov space is invariant, its Ritz pairs exact) the later vectors are zero, and so are
-    their rows of `T`. Full reorthogonalization, twice.
+    their rows of `T`.
 
     Args:
         product: `v -> A v` on flat vectors, `A` symmetric.
@@ -101,12 +109,7 @@ def krylov_basis(product, start, num_steps):
     basis = [unit(start, start_norm, start_norm > 0)]
     alphas, betas = [], []
     for step in range(num_steps):
-        residual = product(basis[-1])
-        alpha = tf.tensordot(basis[-1], residual, 1)
-        residual -= alpha * basis[-1] + (betas[-1] * basis[-2] if betas else 0.0)
-        stacked = tf.stack(basis)
-        for _ in range(2):
-            residual -= tf.linalg.matvec(stacked, tf.linalg.matvec(stacked, residual), True)
+        alpha, residual = _lanczos_step(product, basis, betas)
         alphas.append(alpha)
         if step + 1 == num_steps:
             break
