@@ -46,7 +46,7 @@ def marquardt_step(objective, value, gradient, matrix, damping, increase, decrea
         value: `f(w)`.
         gradient: `g`.
         matrix: `G`, symmetric positive semi-definite.
-        damping: `μ` (a scalar tensor; 0 for Gauss-Newton).
+        damping: `μ` (a scalar tensor), or `None` for Gauss-Newton.
         increase, decrease: the factors of `μ` on a failed and an accepted trial.
         min_damping, max_damping: `μ` stays between them.
         max_trials: the systems solved at most (the step is rejected after as many failures).
@@ -65,7 +65,7 @@ def marquardt_step(objective, value, gradient, matrix, damping, increase, decrea
         return -tf.linalg.matvec(vectors, inverse * rotated)
 
     dtype = gradient.dtype
-    if isinstance(damping, (int, float)) and damping == 0:
+    if damping is None:
         return MarquardtStep(solution(tf.zeros((), dtype)), tf.zeros((), dtype),
                              tf.constant(1), tf.constant(True))
 
@@ -194,7 +194,7 @@ class LevenbergMarquardt(CurvatureOptimizer):
         dtype = gradient.dtype
         matrix = tf.cast(curvature.gauss_newton_matrix(), dtype)
         value = tf.cast(curvature.loss(), dtype)
-        damping = (0.0 if self.initial_damping == 0 else tf.cast(self.damping, dtype))
+        damping = None if self.initial_damping == 0 else tf.cast(self.damping, dtype)
         result = marquardt_step(
             lambda step: curvature.loss(unflatten(step, shapes)), value, gradient, matrix,
             damping, scalar(self.damping_increase, dtype), scalar(self.damping_decrease, dtype),

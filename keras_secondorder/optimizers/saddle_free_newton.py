@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_secondorder._validation import number, positive_int
-from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
+from keras_secondorder.curvature.vectors import flatten, unflatten
 from keras_secondorder.optimizers.curvature_optimizer import (
     CurvatureOptimizer,
     with_base_keyword_docs,
@@ -212,10 +212,7 @@ class SaddleFreeNewton(CurvatureOptimizer):
             lambda step: curvature.loss(unflatten(step, shapes)), gradient,
             lambda v: flatten(curvature.hessian_vector_product(unflatten(v, shapes))),
             tf.cast(self.damping, gradient.dtype),
-            **{name: getattr(self, name) for name in STEP_SETTINGS
-               if name not in ("damping_increase", "damping_decrease", "min_damping")},
-            **{name: scalar(getattr(self, name), gradient.dtype)
-               for name in ("damping_increase", "damping_decrease", "min_damping")})
+            **{name: getattr(self, name) for name in STEP_SETTINGS})
 
         def apply():
             for variable, delta in zip(variables, unflatten(result.step, shapes), strict=True):
