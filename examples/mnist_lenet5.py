@@ -4,19 +4,21 @@
    Levenberg-Marquardt method: each weight's rate is `epsilon / (h_kk + mu)`, `h` the
    Gauss-Newton diagonal (Becker-LeCun back-propagation) re-estimated on 500 examples every
    epoch. PowerMethodLR sets `epsilon = scale / λ_max` of the curvature SDLM's scaling leaves,
-   `P^1/2 H P^1/2` with `P = 1/(h + mu)`, re-estimated every epoch (`--lr-scale` sets the
-   scale), times a cosine decay over the run; one estimate may at most double epsilon
-   (`--max-increase`), which keeps it from running away as λ_max falls. HessianSpectrum logs
-   the top eigenvalues and trace.
+   `P^1/2 H P^1/2` with `P = 1/(h + mu)`, re-estimated every epoch, times a cosine decay over
+   the run; one estimate may at most double epsilon (`--max-increase`), which keeps it from
+   running away as λ_max falls. The demo prints the epsilons it chose beside the best fixed
+   epsilon of a grid measured once (benchmarks/results/lenet5_epsilon_grid.md); `--epsilon`
+   trains with a fixed epsilon instead. HessianSpectrum measures the Hessian's top
+   eigenvalues, trace and negative fraction at the end.
 2. A Gaussian-kernel SVM (scikit-learn) on the standardized F6 features of the trained net,
    turned into one Keras model whose predictions equal sklearn's.
 3. Both exported in TensorFlow Serving's layout and verified with TensorFlow alone.
 
-The default (6 epochs, no distortions, SVM on 10,000 training images) takes about two minutes on
-two CPU cores; `--epochs 20 --distortions elastic --svm-samples 60000` is the full run.
+The default (12 epochs, no distortions, SVM on 10,000 training images) takes about two minutes
+on two CPU cores; `--epochs 20 --distortions elastic --svm-samples 60000` is the full run.
 
-Run: python examples/mnist_lenet5.py [--epochs 6] [--distortions none|affine|elastic|both]
-     [--svm-samples 10000] [--output artifacts] [--json results.json]
+Run: python examples/mnist_lenet5.py [--epochs 12] [--distortions none|affine|elastic|both]
+     [--epsilon E] [--svm-samples 10000] [--output artifacts] [--json results.json]
 """
 
 import argparse
@@ -36,6 +38,10 @@ from keras_secondorder.datasets import lenet_preprocess, mnist, mnist_dataset
 from keras_secondorder.export import savedmodel
 from keras_secondorder.optimizers import SDLM
 
+# The fixed-epsilon grid, measured once by `benchmarks/mnist_lenet5.py --epsilon-grid`.
+GRID_RESULTS = (pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                / "lenet5_epsilon_grid.json")
+
 
 def fit_svm(model, images, labels, grid):
     """`svm.svm_pipeline(model)` fitted, its C chosen from `grid` by 3-fold cross-validation.
@@ -49,15 +55,41 @@ def fit_svm(model, images, labels, grid):
     return pipeline
 
 
+def what_the_curvature_said(args, history):
+    """Two lines: the epsilon PowerMethodLR chose beside the grid's best, and the spectrum."""
+    if args.epsilon is None:
+        lambda_max, rates = history["lambda_max"], history["learning_rate"]
+        # The rate the run peaked at, undone from the cosine shape: the scale over λ_max.
+        chose = (f"PowerMethodLR's epsilon = {args.lr_scale:g} / λ_max of the SDLM-scaled "
+                 f"Hessian, λ_max {lambda_max[0]:.4g} -> {lambda_max[-1]:.4g} over the epochs; "
+                 f"epsilon by epoch {', '.join(f'{rate:.2g}' for rate in rates)}")
+    else:
+        chose = f"fixed epsilon {args.epsilon:g} (times the cosine decay)"
+    if GRID_RESULTS.exists():
+        grid = json.loads(GRID_RESULTS.read_text())
+        best = min(grid["runs"], key=lambda run: run["test_error_conv_net"])
+        chose += (f". Best fixed epsilon of the grid {', '.join(f'{e:g}' for e in grid['grid'])}"
+                  f" ({grid['date']}, same settings): {best['epsilon']:g} with "
+                  f"{100 * best['test_error_conv_net']:.2f}% test error")
+    hessian = {key.removeprefix("hessian_"): values[-1] for key, values in history.items()
+               if key.startswith("hessian_")}
+    return (f"{chose}.\nHessian at the end (500 training images): top eigenvalues "
+            f"{hessian['top_1']:.3g}, {hessian['top_2']:.3g}, {hessian['top_3']:.3g}, smallest "
+            f"{hessian['min']:.2g}, trace {hessian['trace']:.3g}, negative fraction "
+            f"{100 * hessian['negative_fraction']:.2f}%.")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--distortions", default="none",
                         choices=["none", "affine", "elastic", "both"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--mu", type=float, default=0.05, help="SDLM's damping")
     parser.add_argument("--lr-scale", type=float, default=1.0,
                         help="SDLM's epsilon = lr_scale / λ_max of the scaled Hessian")
+    parser.add_argument("--epsilon", type=float, default=None,
+                        help="a fixed epsilon (times the cosine decay) in place of PowerMethodLR")
     parser.add_argument("--max-increase", type=float, default=2.0,
                         help="each epoch's estimate may at most multiply epsilon by this")
     parser.add_argument("--weight-decay", type=float, default=1e-2,
@@ -84,25 +116,28 @@ def main():
     model = keras_secondorder.wrap(models.lenet5())
     # PowerMethodLR scales this shape: epsilon_t = (lr_scale / λ_max) * cos-decay(t), as LeCun
     # decreased epsilon over the passes.
-    shape = keras.optimizers.schedules.CosineDecay(1.0, args.epochs * steps_per_epoch)
+    shape = keras.optimizers.schedules.CosineDecay(args.epsilon or 1.0,
+                                                   args.epochs * steps_per_epoch)
     model.compile(optimizer=SDLM(shape, mu=args.mu, reestimate_every=steps_per_epoch,
                                       weight_decay=args.weight_decay or None),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    learning_rate = PowerMethodLR(measured, num_samples=500, scale=args.lr_scale,
-                                  every_n_epochs=1, max_increase=args.max_increase, verbose=0)
-    spectrum = HessianSpectrum(measured, every_n_epochs=max(args.epochs // 2, 1), k=3,
-                               num_samples=500, trace_probes=10, density_iterations=30,
-                               verbose=0)
+    spectrum = HessianSpectrum(measured, every_n_epochs=args.epochs, k=3, num_samples=500,
+                               trace_probes=10, density_iterations=30, verbose=0)
+    callbacks = [spectrum]
+    if args.epsilon is None:
+        callbacks.insert(0, PowerMethodLR(measured, num_samples=500, scale=args.lr_scale,
+                                          every_n_epochs=1, max_increase=args.max_increase,
+                                          verbose=0))
     start = time.perf_counter()
     history = model.fit(train, epochs=args.epochs, validation_data=test, verbose=2,
-                        callbacks=[learning_rate, spectrum]).history
+                        callbacks=callbacks).history
     train_seconds = time.perf_counter() - start
     conv_error = 1.0 - history["val_accuracy"][-1]
     if not math.isfinite(history["loss"][-1]) or conv_error > 0.5:
         # An SVM on the saturated features of a diverged net would take hours to fit.
         raise SystemExit(
             f"LeNet-5 diverged (training loss {history['loss'][-1]:.4g}, test error "
-            f"{100 * conv_error:.1f}%; epsilon by epoch {history['learning_rate']}): the SVM "
+            f"{100 * conv_error:.1f}%; epsilon by epoch {history.get('learning_rate')}): the SVM "
             "and the export are skipped. Lower --lr-scale or raise --batch-size."
         )
     model_path = output / "lenet5.keras"
@@ -134,25 +169,25 @@ def main():
 
     results = {
         "epochs": args.epochs, "distortions": args.distortions, "batch_size": args.batch_size,
-        "optimizer": "SDLM", "mu": args.mu, "lr_scale": args.lr_scale,
+        "optimizer": "SDLM", "mu": args.mu, "epsilon": args.epsilon, "lr_scale": args.lr_scale,
         "max_increase": args.max_increase,
         "weight_decay": args.weight_decay,
-        "lambda_max": history["lambda_max"],
-        "learning_rate": history["learning_rate"], "train_seconds": train_seconds,
+        "lambda_max": history.get("lambda_max"),
+        "learning_rate": history.get("learning_rate"), "train_seconds": train_seconds,
         "test_error_conv_net": conv_error, "test_error_conv_net_svm": svm_error,
         "svm_samples": args.svm_samples, "svm_c": svm_c, "svm_c_grid": args.svm_c,
         "support_vectors": int(len(pipeline.named_steps["svc"].support_)),
         "svm_seconds": svm_seconds, "keras_svm_agrees_with_sklearn": agreement,
-        "hessian_top_1": history.get("hessian_top_1"), "exported": exported,
+        "hessian": {key: history[key][-1] for key in history if key.startswith("hessian_")},
+        "exported": exported,
     }
     print(f"\n{'model':<28}{'test error':>12}")
     print(f"{'LeNet-5':<28}{100 * conv_error:>11.2f}%")
     print(f"{'LeNet-5 + SVM on F6':<28}{100 * svm_error:>11.2f}%")
-    print(f"SDLM's epsilon from the scaled Hessian: last λ_max = {learning_rate.lambda_max:.4g}, "
-          f"epsilon by epoch {', '.join(f'{r:.3g}' for r in history['learning_rate'])} (mu "
-          f"{args.mu}); training {train_seconds:.0f} s, SVM {svm_seconds:.0f} s "
-          f"({results['support_vectors']} support vectors), Keras SVM = sklearn on "
-          f"{100 * agreement:.2f}% of the test set.")
+    print(f"Training {train_seconds:.0f} s; SVM {svm_seconds:.0f} s "
+          f"({results['support_vectors']} support vectors, C = {svm_c:g}), Keras SVM = sklearn "
+          f"on {100 * agreement:.2f}% of the test set.")
+    print(what_the_curvature_said(args, history))
     for name, info in exported.items():
         print(f"SavedModel {name}: {info['directory']} (TF-only check: max abs difference "
               f"{info['max_abs_difference']:.1e})")

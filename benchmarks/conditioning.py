@@ -1,0 +1,261 @@
+"""The conditioning study: the lecture's tricks against the curvature, and where SDLM pays.
+
+A 784-100-100-10 MLP on `--train` MNIST images, one factor changed at a time from the
+baseline (standardized inputs, LeCun's scaled tanh, weight variance 1/fan_in, no
+BatchNormalization, no skip connection):
+
+- inputs: raw [0, 1] / centred / standardized (centred, divided by the global standard
+  deviation);
+- hidden units: sigmoid / scaled tanh / relu;
+- initial weight variance: 0.1, 1 and 10 times 1/fan_in;
+- BatchNormalization after each hidden Dense layer;
+- a skip connection around the second hidden layer (a residual MLP).
+
+For each configuration, at initialization and after one epoch of SGD (its best rate), the
+Gauss-Newton matrix on `--curvature-examples` images: `λ_max`, `λ_max / λ_10` and
+`λ_max / λ_100` (Lanczos), the bulk (the median of the spectral density) and, per layer,
+`λ_max` and the mean diagonal ("second derivatives smaller in lower layers"). Then SGD (the
+rates of `SGD_RATES`) and SDLM (the settings of `SDLM_SETTINGS`), batch 32, up to `--epochs`
+epochs: each one's epochs to the training loss `--target` (the loss on the whole subset at the
+end of each epoch), the best of each grid, and SDLM's speed-up over tuned SGD.
+
+And the lecture's linear model `f(w) = E[(wᵀx - y)²] + λ|w|²`, whose Hessian is
+`2 E[xxᵀ] + 2λ I`: its condition number against the norm of the inputs' mean (14x14 MNIST,
+standardized, then shifted), measured (`spectrum.exact_eigenvalues` of the Keras model) and
+in closed form (`eigvalsh` of `2 XᵀX / N + 2λ I`).
+
+Writes benchmarks/results/conditioning.{json,md,png}.
+
+Run: python benchmarks/conditioning.py [--train 10000] [--epochs 30] [--data DIR]
+"""
+
+import argparse
+
+import keras
+import numpy as np
+import tensorflow as tf
+from _common import RESULTS, environment, write
+
+import keras_secondorder as ks
+from keras_secondorder import curvature, spectrum
+from keras_secondorder.datasets import mnist
+from keras_secondorder.models.lenet import scaled_tanh
+
+SGD_RATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+SDLM_SETTINGS = ((0.005, 0.02), (0.02, 0.02), (0.002, 0.005), (0.01, 0.05), (0.02, 0.1))
+BASELINE = {"inputs": "standardized", "activation": "scaled_tanh", "init_scale": 1.0,
+            "batch_norm": False, "skip": False}
+CHANGES = [{}, {"inputs": "raw"}, {"inputs": "centred"}, {"activation": "sigmoid"},
+           {"activation": "relu"}, {"init_scale": 0.1}, {"init_scale": 10.0},
+           {"batch_norm": True}, {"skip": True}]
+ACTIVATIONS = {"sigmoid": "sigmoid", "scaled_tanh": scaled_tanh, "relu": "relu"}
+
+
+def inputs(images, kind):
+    if kind == "raw":
+        return images
+    centred = images - images.mean(axis=0)
+    return centred if kind == "centred" else centred / centred.std()
+
+
+def mlp(config, seed):
+    keras.utils.set_random_seed(seed)
+    initializer = keras.initializers.VarianceScaling(config["init_scale"], "fan_in", "normal")
+    x = first = keras.Input((784,))
+    hidden = []
+    for index in range(2):
+        h = keras.layers.Dense(100, kernel_initializer=initializer, name=f"hidden_{index}")(x)
+        if config["batch_norm"]:
+            h = keras.layers.BatchNormalization(name=f"batch_norm_{index}")(h)
+        h = keras.layers.Activation(ACTIVATIONS[config["activation"]])(h)
+        x = keras.layers.Add()([h, x]) if config["skip"] and index == 1 else h
+        hidden.append(x)
+    outputs = keras.layers.Dense(10, activation="softmax", kernel_initializer=initializer,
+                                 name="output")(x)
+    return ks.Model(first, outputs)
+
+
+def curvature_proxies(model, batch):
+    """The Gauss-Newton matrix's spectrum: λ_max, ratios to λ_10 and λ_100, bulk, per layer."""
+    operator = curvature.GGNOperator(model, batch)
+    top = spectrum.lanczos(operator, k=100, num_iterations=300, which="largest", tol=1e-4,
+                           verbose=0).largest.numpy()
+    density = spectrum.spectral_density(operator, num_probes=4, num_iterations=60, verbose=0)
+    nodes = np.asarray(density.nodes).ravel()
+    weights = np.asarray(density.weights).ravel()
+    order = np.argsort(nodes)
+    cumulative = np.cumsum(weights[order]) / weights.sum()
+    layers = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            block = curvature.GGNOperator(model, batch, variables=layer.trainable_variables)
+            layers[layer.name] = {
+                "largest": float(spectrum.power_iteration(block, tol=1e-4, verbose=0)
+                                 .eigenvalues[0]),
+                "mean_diagonal": float(np.mean(np.concatenate([d.numpy().ravel() for d in
+                                       curvature.diagonal(model, batch, "ggn",
+                                                          variables=layer.trainable_variables,
+                                                          verbose=0)])))}
+    return {"largest": float(top[0]), "ratio_10": float(top[0] / top[9]),
+            "ratio_100": float(top[0] / top[99]),
+            "bulk": float(nodes[order][np.searchsorted(cumulative, 0.5)]), "layers": layers}
+
+
+def epochs_to_target(model, optimizer, data, epochs, target):
+    """Epochs of batch 32 until the loss on all of `data` is at most `target` (None: never)."""
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    for epoch in range(1, epochs + 1):
+        model.fit(*data, batch_size=32, epochs=1, verbose=0)
+        loss = model.evaluate(*data, batch_size=1000, verbose=0)
+        if not np.isfinite(loss):
+            return None, float("inf")
+        if loss <= target:
+            return epoch, float(loss)
+    return None, float(loss)
+
+
+def best_of(results):
+    """The run that reached the target in the fewest epochs, else the lowest final loss."""
+    reached = [r for r in results if r["epochs"] is not None]
+    if reached:
+        return min(reached, key=lambda r: r["epochs"])
+    return min(results, key=lambda r: r["final_loss"])
+
+
+def configuration_row(config, images, labels, args):
+    x = inputs(images, config["inputs"])
+    data = (x, labels)
+    batch = (x[:args.curvature_examples], labels[:args.curvature_examples])
+    sgd = []
+    for rate in SGD_RATES:
+        epochs, loss = epochs_to_target(mlp(config, 0), keras.optimizers.SGD(rate), data,
+                                        args.epochs, args.target)
+        sgd.append({"rate": rate, "epochs": epochs, "final_loss": loss})
+    sdlm = []
+    for epsilon, mu in SDLM_SETTINGS:
+        epochs, loss = epochs_to_target(
+            mlp(config, 0), ks.optimizers.SDLM(epsilon, mu=mu, reestimate_every=len(x) // 32),
+            data, args.epochs, args.target)
+        sdlm.append({"epsilon": epsilon, "mu": mu, "epochs": epochs, "final_loss": loss})
+    best_sgd, best_sdlm = best_of(sgd), best_of(sdlm)
+    model = mlp(config, 0)
+    model.compile(keras.optimizers.SGD(best_sgd["rate"]), "sparse_categorical_crossentropy")
+    initial = curvature_proxies(model, batch)
+    model.fit(*data, batch_size=32, epochs=1, verbose=0)
+    after_one_epoch = curvature_proxies(model, batch)
+    speedup = (best_sgd["epochs"] / best_sdlm["epochs"]
+               if best_sgd["epochs"] and best_sdlm["epochs"] else None)
+    return {"config": config, "initial": initial, "after_one_epoch": after_one_epoch,
+            "sgd": sgd, "sdlm": sdlm, "best_sgd": best_sgd, "best_sdlm": best_sdlm,
+            "sdlm_speedup": speedup}
+
+
+def linear_model_rows(images, args):
+    """κ of `2 E[xxᵀ] + 2λI` against the inputs' mean norm, measured and closed form."""
+    small = tf.reshape(tf.image.resize(images.reshape(-1, 28, 28, 1), (14, 14)),
+                       [-1, 196]).numpy().astype("float64")[:args.curvature_examples]
+    centred = small - small.mean(axis=0)
+    standardized = centred / centred.std()
+    targets = np.random.default_rng(0).normal(size=(len(small), 1))
+    rows = []
+    for shift in args.mean_norms:
+        x = standardized + shift / np.sqrt(196)  # mean norm `shift`
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((196,)), keras.layers.Dense(
+            1, use_bias=False, kernel_regularizer=keras.regularizers.L2(args.l2))])
+        model.compile(loss="mse")
+        measured = spectrum.exact_eigenvalues(model, x, targets).numpy()
+        closed = np.linalg.eigvalsh(2 * x.T @ x / len(x) + 2 * args.l2 * np.eye(196))
+        rows.append({"mean_norm": float(np.linalg.norm(x.mean(axis=0))),
+                     "condition_measured": float(measured[-1] / measured[0]),
+                     "condition_closed_form": float(closed[-1] / closed[0])})
+    return rows
+
+
+def name_of(config):
+    changes = {key: value for key, value in config.items() if BASELINE[key] != value}
+    return ", ".join(f"{key}={value}" for key, value in changes.items()) or "baseline"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--target", type=float, default=0.1)
+    parser.add_argument("--curvature-examples", type=int, default=1000)
+    parser.add_argument("--mean-norms", type=float, nargs="+", default=[0, 1, 3, 10, 30])
+    parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument("--data", default=None)
+    args = parser.parse_args()
+    (x_train, y_train), _ = mnist(args.data)
+    images = (x_train[:args.train].reshape(-1, 784) / 255.0).astype("float32")
+    labels = y_train[:args.train].astype("int32")
+    rows = []
+    for change in CHANGES:
+        config = {**BASELINE, **change}
+        rows.append(configuration_row(config, images, labels, args))
+        row = rows[-1]
+        print(name_of(config), row["initial"]["largest"], row["initial"]["ratio_100"],
+              row["best_sgd"], row["best_sdlm"], row["sdlm_speedup"], flush=True)
+    linear = linear_model_rows(images, args)
+    write("conditioning", {"environment": environment(), "settings": vars(args),
+                           "configurations": rows, "linear_model": linear},
+          markdown(rows, linear, args))
+    plot(rows, linear)
+
+
+def markdown(rows, linear, args):
+    lines = ["# Conditioning study (784-100-100-10 MLP, MNIST)", "",
+             f"{args.train} images; Gauss-Newton spectrum on {args.curvature_examples}; target "
+             f"training loss {args.target}; up to {args.epochs} epochs of batch 32. Generated "
+             f"by `benchmarks/conditioning.py` ({environment()['date']}).", "",
+             "| configuration | λ_max (init) | λ_max/λ_100 (init) | bulk (init) | λ_max / "
+             "λ_max/λ_100 (1 epoch) | SGD best rate: epochs | SDLM best: epochs | "
+             "SDLM speed-up |", "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
+    for row in rows:
+        initial, after = row["initial"], row["after_one_epoch"]
+        sgd, sdlm = row["best_sgd"], row["best_sdlm"]
+        speedup = f"{row['sdlm_speedup']:.2f}x" if row["sdlm_speedup"] else "-"
+        lines.append(
+            f"| {name_of(row['config'])} | {initial['largest']:.3g} | "
+            f"{initial['ratio_100']:.3g} | {initial['bulk']:.2g} | {after['largest']:.3g} / "
+            f"{after['ratio_100']:.3g} | {sgd['rate']:g}: {sgd['epochs'] or '-'} | "
+            f"{sdlm['epsilon']:g}/{sdlm['mu']:g}: {sdlm['epochs'] or '-'} | {speedup} |")
+    lines += ["", "Linear model, condition number of `2E[xxᵀ] + 2λI` against the inputs' "
+              "mean norm:", "", "| mean norm | measured | closed form |", "| ---: | ---: | ---: |"]
+    lines += [f"| {r['mean_norm']:.2f} | {r['condition_measured']:.4g} | "
+              f"{r['condition_closed_form']:.4g} |" for r in linear]
+    lines += ["", "![conditioning](conditioning.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, linear):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    proxy = [row["initial"]["ratio_100"] for row in rows]
+    sgd_epochs = [row["best_sgd"]["epochs"] or np.nan for row in rows]
+    speedups = [row["sdlm_speedup"] or np.nan for row in rows]
+    for axis, values, label in ((axes[0], sgd_epochs, "tuned SGD: epochs to target"),
+                                (axes[1], speedups, "SDLM speed-up over tuned SGD")):
+        axis.plot(proxy, values, "o")
+        for x, y, row in zip(proxy, values, rows, strict=True):
+            axis.annotate(name_of(row["config"]), (x, y), fontsize=7)
+        axis.set(xscale="log", xlabel="λ_max / λ_100 of the Gauss-Newton matrix at init",
+                 ylabel=label)
+    norms = [r["mean_norm"] for r in linear]
+    axes[2].plot(norms, [r["condition_closed_form"] for r in linear], "-", label="closed form")
+    axes[2].plot(norms, [r["condition_measured"] for r in linear], "o", label="measured")
+    axes[2].set(xlabel="norm of the inputs' mean", ylabel="condition number", yscale="log",
+                title="linear model: 2E[xxᵀ] + 2λI")
+    axes[2].legend()
+    figure.tight_layout()
+    figure.savefig(RESULTS / "conditioning.png", dpi=100)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()
