@@ -59,7 +59,6 @@ def what_the_curvature_said(args, history):
     """Two lines: the epsilon PowerMethodLR chose beside the grid's best, and the spectrum."""
     if args.epsilon is None:
         lambda_max, rates = history["lambda_max"], history["learning_rate"]
-        # The rate the run peaked at, undone from the cosine shape: the scale over λ_max.
         chose = (f"PowerMethodLR's epsilon = {args.lr_scale:g} / λ_max of the SDLM-scaled "
                  f"Hessian, λ_max {lambda_max[0]:.4g} -> {lambda_max[-1]:.4g} over the epochs; "
                  f"epsilon by epoch {', '.join(f'{rate:.2g}' for rate in rates)}")
@@ -69,7 +68,7 @@ def what_the_curvature_said(args, history):
         grid = json.loads(GRID_RESULTS.read_text())
         best = min(grid["runs"], key=lambda run: run["test_error_conv_net"])
         chose += (f". Best fixed epsilon of the grid {', '.join(f'{e:g}' for e in grid['grid'])}"
-                  f" ({grid['date']}, same settings): {best['epsilon']:g} with "
+                  f" ({grid['date']}, the default settings): {best['epsilon']:g} with "
                   f"{100 * best['test_error_conv_net']:.2f}% test error")
     hessian = {key.removeprefix("hessian_"): values[-1] for key, values in history.items()
                if key.startswith("hessian_")}
@@ -138,7 +137,7 @@ def main():
         raise SystemExit(
             f"LeNet-5 diverged (training loss {history['loss'][-1]:.4g}, test error "
             f"{100 * conv_error:.1f}%; epsilon by epoch {history.get('learning_rate')}): the SVM "
-            "and the export are skipped. Lower --lr-scale or raise --batch-size."
+            "and the export are skipped. Lower --lr-scale (or --epsilon) or raise --batch-size."
         )
     model_path = output / "lenet5.keras"
     output.mkdir(parents=True, exist_ok=True)
