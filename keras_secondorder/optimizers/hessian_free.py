@@ -65,6 +65,30 @@ def backtrack(objective, result):
     return best, value, iteration
 
 
+def set_step_settings(optimizer, damping, damping_increase, damping_decrease, min_damping,
+                      line_search_sufficient, line_search_shrink, line_search_tries,
+                      min_damping_may_be_zero):
+    """Validates the damping adaptation and line search settings onto `optimizer`.
+
+    HessianFree and SaddleFreeNewton share them (`hessian_free_step`, `saddle_free_step`);
+    SaddleFreeNewton's `min_damping` must be positive, since `|T| + λ` can be singular.
+    """
+    bracket = "[" if min_damping_may_be_zero else "("
+    optimizer.damping_increase = number(damping_increase, "damping_increase", lambda v: v > 1,
+                                        "> 1")
+    optimizer.damping_decrease = number(damping_decrease, "damping_decrease",
+                                        lambda v: 0 < v < 1, "in (0, 1)")
+    optimizer.min_damping = number(
+        min_damping, "min_damping",
+        lambda v: (v >= 0 if min_damping_may_be_zero else v > 0) and v <= damping,
+        f"in {bracket}0, damping={damping!r}]")
+    optimizer.line_search_sufficient = number(line_search_sufficient, "line_search_sufficient",
+                                              lambda v: 0 < v < 1, "in (0, 1)")
+    optimizer.line_search_shrink = number(line_search_shrink, "line_search_shrink",
+                                          lambda v: 0 < v < 1, "in (0, 1)")
+    optimizer.line_search_tries = positive_int(line_search_tries, "line_search_tries")
+
+
 def armijo_line_search(objective, direction, value, slope, value_at_one, sufficient=0.01,
                        shrink=0.8, max_tries=60):
     """The largest `a = shrink^j` with `f(w + a p) <= f(w) + sufficient * a * gᵀp`, or 0.
@@ -324,17 +348,9 @@ class HessianFree(CurvatureOptimizer):
         self.backtrack_first = positive_int(backtrack_first, "backtrack_first")
         self.backtrack_ratio = number(backtrack_ratio, "backtrack_ratio", lambda v: v > 1,
                                       "> 1")
-        self.damping_increase = number(damping_increase, "damping_increase", lambda v: v > 1,
-                                       "> 1")
-        self.damping_decrease = number(damping_decrease, "damping_decrease",
-                                       lambda v: 0 < v < 1, "in (0, 1)")
-        self.min_damping = number(min_damping, "min_damping", lambda v: 0 <= v <= damping,
-                                  f"in [0, damping={damping!r}]")
-        self.line_search_sufficient = number(line_search_sufficient, "line_search_sufficient",
-                                             lambda v: 0 < v < 1, "in (0, 1)")
-        self.line_search_shrink = number(line_search_shrink, "line_search_shrink",
-                                         lambda v: 0 < v < 1, "in (0, 1)")
-        self.line_search_tries = positive_int(line_search_tries, "line_search_tries")
+        set_step_settings(self, damping, damping_increase, damping_decrease, min_damping,
+                          line_search_sufficient, line_search_shrink, line_search_tries,
+                          min_damping_may_be_zero=True)
         self.chunk_size = positive_int(chunk_size, "chunk_size")
 
     def build(self, variables):

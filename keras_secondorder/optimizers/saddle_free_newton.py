@@ -12,7 +12,11 @@ from keras_secondorder.optimizers.curvature_optimizer import (
     with_base_keyword_docs,
     without_learning_rate,
 )
-from keras_secondorder.optimizers.hessian_free import LINE_SEARCH_SIZES_STEPS, armijo_line_search
+from keras_secondorder.optimizers.hessian_free import (
+    LINE_SEARCH_SIZES_STEPS,
+    armijo_line_search,
+    set_step_settings,
+)
 from keras_secondorder.optimizers.quadratic_model import adjust_damping
 from keras_secondorder.spectrum.lanczos import krylov_basis
 
@@ -174,17 +178,9 @@ class SaddleFreeNewton(CurvatureOptimizer):
         super().__init__(learning_rate=1.0, name=name, **kwargs)
         self.krylov_steps = positive_int(krylov_steps, "krylov_steps")
         self.initial_damping = number(damping, "damping", lambda v: v > 0, "> 0")
-        self.damping_increase = number(damping_increase, "damping_increase", lambda v: v > 1,
-                                       "> 1")
-        self.damping_decrease = number(damping_decrease, "damping_decrease",
-                                       lambda v: 0 < v < 1, "in (0, 1)")
-        self.min_damping = number(min_damping, "min_damping", lambda v: 0 < v <= damping,
-                                  f"in (0, damping={damping!r}]")
-        self.line_search_sufficient = number(line_search_sufficient, "line_search_sufficient",
-                                             lambda v: 0 < v < 1, "in (0, 1)")
-        self.line_search_shrink = number(line_search_shrink, "line_search_shrink",
-                                         lambda v: 0 < v < 1, "in (0, 1)")
-        self.line_search_tries = positive_int(line_search_tries, "line_search_tries")
+        set_step_settings(self, damping, damping_increase, damping_decrease, min_damping,
+                          line_search_sufficient, line_search_shrink, line_search_tries,
+                          min_damping_may_be_zero=False)
 
     def build(self, variables):
         if self.built:
