@@ -30,10 +30,14 @@ factor's per-example pre-activation gradients `g_nf = J_nᵀ r_nf` are one backw
   sample.
 - `"empirical"`: the loss gradient at the true label (the empirical Fisher).
 
-Every other trainable variable (BatchNormalization's scale and shift, custom layers, a layer
-whose weights are only partly in the objective) gets a diagonal block of the same curvature,
-with the diagonal of the elementwise weight penalties (`model.losses`) added; the penalties are
-not in the Kronecker factors (K-FAC optimizers fold them into the damping). With `"exact"` and
+The elementwise weight penalties (`model.losses`: L2, L1L2) have a diagonal Hessian `P`. A
+Kronecker block keeps its isotropic part, `A ⊗ G + η I` with `η` the mean of `P`'s diagonal
+over the block's weights (Martens & Grosse's `η`, kfac-jax's `l2_reg`), so that its damped
+inverse is damped by at least the penalty's curvature: without it, a K-FAC step on a
+regularized model is damped only by the adaptive `λ`, which falls towards zero where the
+quadratic model fits. Every other trainable variable (BatchNormalization's scale and shift,
+custom layers, a layer whose weights are only partly in the objective) gets a diagonal block of
+the same curvature, with `P`'s diagonal added. With `"exact"` and
 `"empirical"` it is the diagonal from `diagonal` (`"ggn"`, `"empirical_fisher"`: per-example
 backward passes). With `"sampled"` it comes from the backward pass that gives `G`: the square of
 `∇_w sum_n sqrt(c_n) r_nᵀ z_n = sum_n sqrt(c_n) J_nᵀ r_n`, whose cross terms between examples
@@ -70,6 +74,7 @@ from keras_secondorder.curvature.layer_rules import RuleRegistry
 from keras_secondorder.curvature.objective import as_batch, as_objective
 from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.output_losses import rows
+from keras_secondorder.curvature.output_space import penalty_diagonal
 from keras_secondorder.curvature.vectors import densify, flatten, scalar, unflatten
 
 FISHERS = ("exact", "sampled", "empirical")
@@ -214,19 +219,22 @@ register_rule(keras.layers.Embedding, EmbeddingRule())
 
 
 class KroneckerBlock(NamedTuple):
-    """One layer's block `A ⊗ G`.
+    """One layer's block `A ⊗ G + η I`.
 
     Attributes:
         layer: the layer.
         indices: the positions of its kernel (and bias) among the objective's variables.
         a: `A`, shape `(inputs + 1, inputs + 1)` with a bias (`(inputs, inputs)` without).
         g: `G`, shape `(units, units)`.
+        penalty: `η`, the mean of the weight penalties' Hessian diagonal over the block's
+            weights (a scalar; 0 without penalties, and in a block of inverses).
     """
 
     layer: keras.layers.Layer
     indices: tuple
     a: tf.Tensor
     g: tf.Tensor
+    penalty: tf.Tensor
 
 
 class KroneckerFactors(NamedTuple):
@@ -244,15 +252,17 @@ class KroneckerFactors(NamedTuple):
 
 
 def factor_tensors(factors):
-    """The tensors of `factors` as one list: each block's `A` and `G`, then the diagonals."""
-    return [t for block in factors.blocks for t in (block.a, block.g)] + list(factors.diagonals)
+    """The tensors of `factors` as one list: each block's `A`, `G` and `η`, then the diagonals."""
+    return ([t for block in factors.blocks for t in (block.a, block.g, block.penalty)]
+            + list(factors.diagonals))
 
 
 def with_factor_tensors(factors, tensors):
     """`factors` with its tensors replaced by `tensors` (in `factor_tensors`' order)."""
-    blocks = tuple(block._replace(a=tensors[2 * i], g=tensors[2 * i + 1])
+    blocks = tuple(block._replace(a=tensors[3 * i], g=tensors[3 * i + 1],
+                                  penalty=tensors[3 * i + 2])
                    for i, block in enumerate(factors.blocks))
-    return factors._replace(blocks=blocks, diagonals=tuple(tensors[2 * len(blocks):]))
+    return factors._replace(blocks=blocks, diagonals=tuple(tensors[3 * len(blocks):]))
 
 
 def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
@@ -307,11 +317,15 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
             sums[index] = outer if sums[index] is None else sums[index] + outer
     del tape
     example_weights = _example_weights(batch, params[0].dtype)
+    penalty = penalty_diagonal(objective, params, len(losses)) if blocks_layout else None
     blocks = []
     for (layer, indices, _, _), total in zip(blocks_layout, sums, strict=True):
         a, count = rule_for(layer).input_factor(layer, [x for x, _ in recorded[id(layer)]],
                                                 example_weights)
-        blocks.append(KroneckerBlock(layer, indices, a, total / tf.cast(count, total.dtype)))
+        eta = (tf.zeros((), a.dtype) if penalty is None else
+               tf.reduce_mean(tf.concat([tf.reshape(penalty[i], [-1]) for i in indices], 0)))
+        blocks.append(KroneckerBlock(layer, indices, a, total / tf.cast(count, total.dtype),
+                                     eta))
     diagonals = ()
     if diagonal_indices:
         rest = objective.restricted([objective.variables[i] for i in diagonal_indices])
@@ -362,7 +376,7 @@ def layout(model, variables):
 def structure(model, variables):
     """`KroneckerFactors` of `layout`'s structure holding no tensors (`with_factor_tensors`)."""
     blocks, diagonal_indices = layout(model, variables)
-    return KroneckerFactors(tuple(KroneckerBlock(layer, indices, None, None)
+    return KroneckerFactors(tuple(KroneckerBlock(layer, indices, None, None, None)
                                   for layer, indices, _, _ in blocks), diagonal_indices, ())
 
 
@@ -410,11 +424,12 @@ def _left_multiply(a, matrix):
 def apply(factors, vector):
     """`v -> (block-diagonal K-FAC matrix) v`, `vector` a list shaped like the variables.
 
-    Kronecker blocks: `V -> A V G`; diagonal blocks: `v -> d ⊙ v`.
+    Kronecker blocks: `V -> A V G + η V`; diagonal blocks: `v -> d ⊙ v`.
     """
     result = {}
     for block in factors.blocks:
-        product = _left_multiply(block.a, _as_matrix(block, vector)) @ block.g
+        matrix = _as_matrix(block, vector)
+        product = _left_multiply(block.a, matrix) @ block.g + block.penalty * matrix
         result.update(_from_matrix(block, product, vector))
     for index, diagonal in zip(factors.diagonal_indices, factors.diagonals, strict=True):
         result[index] = diagonal * vector[index]
@@ -440,8 +455,9 @@ def factored_damping(a, g, damping):
 def invert(factors, damping):
     """The damped inverse of every block, as `KroneckerFactors` for `apply`.
 
-    Kronecker blocks: `(A + π sqrt(λ) I)⁻¹` and `(G + sqrt(λ)/π I)⁻¹` (`factored_damping`), by
-    Cholesky factorizations; diagonal blocks: `1 / (d + λ)`.
+    Kronecker blocks: `(A + π sqrt(λ + η) I)⁻¹` and `(G + sqrt(λ + η)/π I)⁻¹`
+    (`factored_damping` of `λ + η`: the penalty's isotropic part is damping the factors cannot
+    hold), by Cholesky factorizations, `η` 0 in the result; diagonal blocks: `1 / (d + λ)`.
     """
     def inverse(matrix, shift):
         if matrix.shape.rank == 1:  # A diagonal A.
@@ -451,9 +467,11 @@ def invert(factors, damping):
 
     blocks = []
     for block in factors.blocks:
-        damping_a, damping_g = factored_damping(block.a, block.g, damping)
+        damping_a, damping_g = factored_damping(
+            block.a, block.g, scalar(damping, block.penalty.dtype) + block.penalty)
         blocks.append(block._replace(a=inverse(block.a, damping_a),
-                                     g=inverse(block.g, damping_g)))
+                                     g=inverse(block.g, damping_g),
+                                     penalty=tf.zeros_like(block.penalty)))
     diagonals = tuple(1.0 / (d + scalar(damping, d.dtype)) for d in factors.diagonals)
     return factors._replace(blocks=tuple(blocks), diagonals=diagonals)
 
@@ -481,8 +499,9 @@ def eigendecomposition(factors):
 def eigen_solve(decomposition, vector, damping):
     """`v -> (K + λ I)⁻¹ v` exactly, `decomposition` from `eigendecomposition`.
 
-    `(A ⊗ G + λ I)⁻¹ = (Q_A ⊗ Q_G) (Λ_A ⊗ Λ_G + λ)⁻¹ (Q_A ⊗ Q_G)ᵀ`, so a block's matrix
-    `V -> Q_A [(Q_Aᵀ V Q_G) ⊘ (λ_A λ_Gᵀ + λ)] Q_Gᵀ`; diagonal blocks `v -> v ⊘ (d + λ)`. Unlike
+    `(A ⊗ G + (η + λ) I)⁻¹ = (Q_A ⊗ Q_G) (Λ_A ⊗ Λ_G + η + λ)⁻¹ (Q_A ⊗ Q_G)ᵀ`, so a block's
+    matrix `V -> Q_A [(Q_Aᵀ V Q_G) ⊘ (λ_A λ_Gᵀ + η + λ)] Q_Gᵀ`; diagonal blocks
+    `v -> v ⊘ (d + λ)`. Unlike
     `solve`'s factored damping (what K-FAC steps with), this inverts the damped matrix itself.
     """
     result = {}
@@ -491,7 +510,7 @@ def eigen_solve(decomposition, vector, damping):
         rotated = _as_matrix(block, vector) @ vectors_g
         if vectors_a is not None:
             rotated = tf.transpose(vectors_a) @ rotated
-        scaled = rotated / (values_a[:, None] * values_g[None, :] + damping)
+        scaled = rotated / (values_a[:, None] * values_g[None, :] + block.penalty + damping)
         if vectors_a is not None:
             scaled = vectors_a @ scaled
         result.update(_from_matrix(block, scaled @ tf.transpose(vectors_g), vector))
@@ -577,9 +596,10 @@ def dense_matrix(model, x, y, sample_weight=None, *, loss=None, variables=None, 
 
     The reference of `KroneckerFactoredOperator` and `kronecker_vector_product`: each block's
     factors (the estimator's, themselves tested against per-example dense computations) placed
-    entry by entry, `K[(i, j), (k, l)] = A[i, k] G[j, l]` for the kernel entries `W[i, j]`
-    (row-major) and the bias `b[j]` as the last row `i` of `[W; b]`; the other variables'
-    diagonal entries those of the dense Gauss-Newton matrix (`dense.ggn`); zero elsewhere.
+    entry by entry, `K[(i, j), (k, l)] = A[i, k] G[j, l] + η δ_ik δ_jl` for the kernel entries
+    `W[i, j]` (row-major) and the bias `b[j]` as the last row `i` of `[W; b]`; the other
+    variables' diagonal entries those of the dense Gauss-Newton matrix (`dense.ggn`); zero
+    elsewhere.
 
     Args: as `dense.ggn`.
     """
@@ -593,8 +613,9 @@ def dense_matrix(model, x, y, sample_weight=None, *, loss=None, variables=None, 
     for block in factors.blocks:
         positions = np.concatenate([offsets[i] + np.arange(sizes[i]) for i in block.indices])
         a = block.a.numpy()
-        matrix[np.ix_(positions, positions)] = np.kron(np.diag(a) if a.ndim == 1 else a,
-                                                       block.g.numpy())
+        matrix[np.ix_(positions, positions)] = np.kron(
+            np.diag(a) if a.ndim == 1 else a, block.g.numpy()) + float(block.penalty) * np.eye(
+                len(positions))
     for index in factors.diagonal_indices:
         span = np.arange(offsets[index], offsets[index + 1])
         matrix[span, span] = gauss_newton[span]

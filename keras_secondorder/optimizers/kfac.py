@@ -24,14 +24,15 @@ _NO_MODEL = (
 class KFAC(CurvatureOptimizer):
     """K-FAC: the gradient preconditioned by a Kronecker-factored Fisher, in `model.fit`.
 
-    Each Dense, Conv1D, Conv2D and Embedding layer gets a block `A ⊗ G` of the Fisher
-    (Gauss-Newton) matrix, the other variables a diagonal block (`curvature.kronecker`); the
-    step inverts the damped blocks:
+    Each Dense, Conv1D, Conv2D and Embedding layer gets a block `A ⊗ G + η I` of the Fisher
+    (Gauss-Newton) matrix (`η` the weight penalty's curvature, e.g. `2 l2` for
+    `keras.regularizers.L2(l2)`), the other variables a diagonal block (`curvature.kronecker`);
+    the step inverts the damped blocks (`γ = sqrt(λ + η)`):
 
     ```
     A, G, d <- exponential moving averages (factor_decay) of each batch's factors
-    every inverse_update_period steps: (A + π sqrt(λ) I)⁻¹, (G + sqrt(λ)/π I)⁻¹, 1/(d + λ)
-    Δ = -(A + π sqrt(λ) I)⁻¹ ∇_W (G + sqrt(λ)/π I)⁻¹ per block, -∇/(d + λ) elsewhere
+    every inverse_update_period steps: (A + π γ I)⁻¹, (G + γ/π I)⁻¹, 1/(d + λ)
+    Δ = -(A + π γ I)⁻¹ ∇_W (G + γ/π I)⁻¹ per block, -∇/(d + λ) elsewhere
     δ = α Δ + μ δ_prev,  (α, μ) = argmin of ½ δᵀ(C + λ I)δ + gᵀδ   (learning_rate=None)
                          or the given learning_rate and momentum, α then clipped to
                          α min(1, sqrt(kl_clip / (α² |gᵀΔ|)))       (kl_clip)
@@ -170,6 +171,7 @@ class KFAC(CurvatureOptimizer):
             slots.append(self.add_variable(shape_a, dtype=dtype, name=f"kfac_{role}_a_{index}"))
             slots.append(self.add_variable((size_g, size_g), dtype=dtype,
                                            name=f"kfac_{role}_g_{index}"))
+            slots.append(self.add_variable((), dtype=dtype, name=f"kfac_{role}_penalty_{index}"))
         for index in self._diagonal_indices:
             slots.append(self.add_variable(tuple(variables[index].shape), dtype=dtype,
                                            name=f"kfac_{role}_diagonal_{index}"))

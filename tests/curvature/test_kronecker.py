@@ -239,17 +239,53 @@ def test_other_variables_get_the_curvature_diagonal(float64):
 
 
 def case(kind):
-    """`(model, x, y, weights)` of a conftest kind or of `embedding_case`."""
+    """`(model, x, y, weights)` of a conftest kind, of `embedding_case`, or `"mlp_l2"`."""
     if kind == "embedding":
         model, _, x, y, weights = embedding_case()
         return model, x, y, weights
+    if kind == "mlp_l2":  # An L2 penalty on the first kernel (not on its bias).
+        return make_case("mlp", "ce", regularizer=keras.regularizers.L2(0.1))
     return make_case(kind, "ce")
 
 
-@pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "embedding"])
+def block_positions(model, block):
+    """The flat positions of a block's variables."""
+    offsets = np.cumsum([0] + [int(np.prod(v.shape)) for v in model.trainable_variables])
+    return np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in block.indices])
+
+
+def test_blocks_hold_the_isotropic_part_of_the_weight_penalty(float64):
+    # η = the mean of the penalty Hessian's diagonal over the block, that diagonal taken from
+    # the dense GGN with and without the penalty (same weights): 0.2 on the first kernel's 20
+    # entries, 0 on its 5 biases, so η = 0.16 there and 0 on the unregularized output layer.
+    # A and G do not change; the K-FAC matrix gains η I on the block.
+    regularized, x, y, weights = case("mlp_l2")
+    plain, _, _, _ = make_case("mlp", "ce")
+    for a, b in zip(regularized.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    penalty = np.diag(dense.ggn(regularized, x, y, weights).numpy()
+                      - dense.ggn(plain, x, y, weights).numpy())
+    with_penalty, without = (factors(m, x, y, weights) for m in (regularized, plain))
+    difference = (kronecker.dense_matrix(regularized, x, y, weights).numpy()
+                  - kronecker.dense_matrix(plain, x, y, weights).numpy())
+    etas = []
+    for block, reference in zip(with_penalty.blocks, without.blocks, strict=True):
+        positions = block_positions(regularized, block)
+        etas.append(float(block.penalty))
+        np.testing.assert_allclose(etas[-1], penalty[positions].mean(), rtol=1e-12, atol=0)
+        np.testing.assert_allclose(block.a, reference.a, rtol=1e-12)
+        np.testing.assert_allclose(block.g, reference.g, rtol=1e-12)
+        np.testing.assert_allclose(difference[np.ix_(positions, positions)],
+                                   etas[-1] * np.eye(len(positions)), atol=1e-12)
+    # Keras keeps L2's coefficient in float32: 2 float32(0.1) · 20 / 25.
+    np.testing.assert_allclose(etas, [2 * float(np.float32(0.1)) * 20 / 25, 0.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "embedding", "mlp_l2"])
 def test_damped_inverse_equals_the_dense_factored_tikhonov_inverse(float64, kind):
-    # (A + π sqrt(λ) I)⁻¹ ⊗ (G + sqrt(λ)/π I)⁻¹ per block, π² = (tr A / dim A) / (tr G / dim G);
-    # 1 / (d + λ) on diagonal blocks. An embedding's A is diagonal.
+    # (A + π γ I)⁻¹ ⊗ (G + γ/π I)⁻¹ per block, γ = sqrt(λ + η) (η the penalty's part, 0.16 on
+    # mlp_l2's first block), π² = (tr A / dim A) / (tr G / dim G); 1 / (d + λ) on diagonal
+    # blocks. An embedding's A is diagonal.
     model, x, y, weights = case(kind)
     result = factors(model, x, y, weights)
     vector = random_like(model)
@@ -259,8 +295,9 @@ def test_damped_inverse_equals_the_dense_factored_tikhonov_inverse(float64, kind
         a, g = block.a.numpy(), block.g.numpy()
         a = np.diag(a) if a.ndim == 1 else a
         pi = np.sqrt((np.trace(a) / len(a)) / (np.trace(g) / len(g)))
-        inverse = np.kron(np.linalg.inv(a + pi * np.sqrt(damping) * np.eye(len(a))),
-                          np.linalg.inv(g + np.sqrt(damping) / pi * np.eye(len(g))))
+        gamma = np.sqrt(damping + float(block.penalty))
+        inverse = np.kron(np.linalg.inv(a + pi * gamma * np.eye(len(a))),
+                          np.linalg.inv(g + gamma / pi * np.eye(len(g))))
         expected = inverse @ np.concatenate([vector[i].numpy().ravel() for i in block.indices])
         np.testing.assert_allclose(
             np.concatenate([actual[i].numpy().ravel() for i in block.indices]), expected,
@@ -298,7 +335,7 @@ def test_factors_trace_and_compile_with_xla(float64, kind):
             np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "embedding"])
+@pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "embedding", "mlp_l2"])
 def test_operator_solve_is_the_exact_inverse_of_the_damped_matrix(float64, kind):
     # (K + λI)⁻¹ by eigendecompositions of the factors (a diagonal A is its own), against a
     # dense solve. K itself is singular (the softmax's G has the logit shift in its null space,

@@ -15,10 +15,13 @@ Y = RNG.normal(size=(12, 2))
 WEIGHTS = RNG.uniform(0.5, 1.5, 12)
 
 
-def tiny_model():
+def tiny_model(l2=0.0):
+    """4-3-2 tanh; `l2`: an L2 penalty `l2 |W1|²` on the first kernel (none on its bias)."""
     keras.utils.set_random_seed(0)
-    return ks.wrap(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="tanh"),
-                                     keras.layers.Dense(2)]))
+    penalty = keras.regularizers.L2(l2) if l2 else None
+    return ks.wrap(keras.Sequential([
+        keras.Input((4,)), keras.layers.Dense(3, activation="tanh", kernel_regularizer=penalty),
+        keras.layers.Dense(2)]))
 
 
 def damped_inverses(a, g, damping):
@@ -28,7 +31,7 @@ def damped_inverses(a, g, damping):
 
 
 def reference_training(model, steps, damping, omega, learning_rate=None, momentum=0.0,
-                       kl_clip=None, decay=0.95, head=None):
+                       kl_clip=None, decay=0.95, head=None, l2=0.0):
     """KFAC's update written out in numpy (float64), exact Fisher, every period 1.
 
     The factors and the quadratic model's curvature are those of the first `head` examples
@@ -36,10 +39,15 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
     weights, the damping, the last rho and the rates of the steps.
 
     Mean squared error over k = 2 outputs: c_n = s_n / N, H_n = (2 / k) I. Layer 2's
-    pre-activation is z (J = I); layer 1's is s1 with J_n = W2ᵀ diag(1 - h_n²).
+    pre-activation is z (J = I); layer 1's is s1 with J_n = W2ᵀ diag(1 - h_n²). The penalty
+    `l2 |W1|²` adds `2 l2 W1` to the gradient and its Hessian `2 l2` to the curvature: to the
+    quadratic model entry by entry (`dense.ggn` includes it) and to layer 1's block as its mean
+    over the block's 12 kernel and 3 bias entries, `η = 2 l2 · 12 / 15`, which damps the block
+    as `λ + η`.
     """
     w1, b1, w2, b2 = model.get_weights()
     n, k = len(X), 2
+    l2 = float(np.float32(l2))  # Keras keeps L2's coefficient in float32.
     head = n if head is None else head
     c = WEIGHTS / n
     c_head, w_head = WEIGHTS[:head] / head, WEIGHTS[:head] / WEIGHTS[:head].sum()
@@ -48,7 +56,7 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
 
     def loss(w1, b1, w2, b2):
         z = np.tanh(X @ w1 + b1) @ w2 + b2
-        return np.sum(c * np.mean((z - Y) ** 2, axis=1))
+        return np.sum(c * np.mean((z - Y) ** 2, axis=1)) + l2 * np.sum(w1**2)
 
     for _ in range(steps):
         h = np.tanh(X @ w1 + b1)
@@ -63,10 +71,12 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
         factors = [s / weight for s in sums]
         dz = (c * 2 / k)[:, None] * (z - Y)
         ds1 = dz @ w2.T * (1 - h**2)
-        gradients = [np.r_[X.T @ ds1, ds1.sum(0)[None]], np.r_[h.T @ dz, dz.sum(0)[None]]]
+        gradients = [np.r_[X.T @ ds1 + 2 * l2 * w1, ds1.sum(0)[None]],
+                     np.r_[h.T @ dz, dz.sum(0)[None]]]
+        etas = [2 * l2 * w1.size / (w1.size + b1.size), 0.0]
         proposal = []
-        for (a, g), grad in zip([factors[:2], factors[2:]], gradients, strict=True):
-            a_inverse, g_inverse = damped_inverses(a, g, damping)
+        for (a, g), grad, eta in zip([factors[:2], factors[2:]], gradients, etas, strict=True):
+            a_inverse, g_inverse = damped_inverses(a, g, damping + eta)
             step = -a_inverse @ grad @ g_inverse
             proposal += [step[:-1].ravel(), step[-1]]
         proposal = np.concatenate(proposal)
@@ -101,21 +111,22 @@ def reference_training(model, steps, damping, omega, learning_rate=None, momentu
     return [w1, b1, w2, b2], damping, rho, rates
 
 
-@pytest.mark.parametrize("learning_rate, kl_clip, curvature_fraction",
-                         [(None, None, 1.0), (0.3, None, 1.0), (0.3, 0.025, 1.0),
-                          (None, None, 0.4), (0.3, None, 0.4)])
+@pytest.mark.parametrize("learning_rate, kl_clip, curvature_fraction, l2",
+                         [(None, None, 1.0, 0.0), (0.3, None, 1.0, 0.0), (0.3, 0.025, 1.0, 0.0),
+                          (None, None, 0.4, 0.0), (0.3, None, 0.4, 0.0), (None, None, 1.0, 0.05),
+                          (0.3, None, 1.0, 0.05)])
 def test_steps_equal_the_numpy_reimplementation(float64, learning_rate, kl_clip,
-                                                curvature_fraction):
+                                                curvature_fraction, l2):
     # A fraction of 0.4 of 12 examples: the factors and curvature of the first 5.
-    reference_model = tiny_model()
+    reference_model = tiny_model(l2)
     reference_model.compile(loss="mse")
     expected, damping, rho, rates = reference_training(
         reference_model, 3, 0.5, 0.9, learning_rate,
         momentum=0.5 if learning_rate is not None else 0.0, kl_clip=kl_clip,
-        head=int(np.ceil(curvature_fraction * len(X))))
+        head=int(np.ceil(curvature_fraction * len(X))), l2=l2)
     if kl_clip is not None:  # The bound binds on some steps and not on others.
         assert min(rates) < learning_rate and max(rates) == learning_rate
-    model = tiny_model()
+    model = tiny_model(l2)
     model.compile(KFAC(learning_rate, momentum=None if learning_rate is None else 0.5,
                        kl_clip=kl_clip, damping=0.5, damping_decay=0.9, damping_period=1,
                        inverse_update_period=1, curvature_fraction=curvature_fraction,
