@@ -35,7 +35,8 @@ Kronecker block keeps its isotropic part, `A ⊗ G + η I` with `η` the mean of
 over the block's weights (Martens & Grosse's `η`, kfac-jax's `l2_reg`), so that its damped
 inverse is damped by at least the penalty's curvature: without it, a K-FAC step on a
 regularized model is damped only by the adaptive `λ`, which falls towards zero where the
-quadratic model fits. Every other trainable variable (BatchNormalization's scale and shift,
+quadratic model fits. (The model's other loss terms, activity regularizers and `add_loss`, are
+not in the blocks.) Every other trainable variable (BatchNormalization's scale and shift,
 custom layers, a layer whose weights are only partly in the objective) gets a diagonal block of
 the same curvature, with `P`'s diagonal added. With `"exact"` and
 `"empirical"` it is the diagonal from `diagonal` (`"ggn"`, `"empirical_fisher"`: per-example
@@ -74,7 +75,7 @@ from keras_secondorder.curvature.layer_rules import RuleRegistry
 from keras_secondorder.curvature.objective import as_batch, as_objective
 from keras_secondorder.curvature.operator import CurvatureOperator
 from keras_secondorder.curvature.output_losses import rows
-from keras_secondorder.curvature.output_space import penalty_diagonal
+from keras_secondorder.curvature.output_space import elementwise_penalty_diagonal
 from keras_secondorder.curvature.vectors import densify, flatten, scalar, unflatten
 
 FISHERS = ("exact", "sampled", "empirical")
@@ -317,7 +318,7 @@ def kronecker_factors(objective, batch, fisher="exact", seed=(0, 0)):
             sums[index] = outer if sums[index] is None else sums[index] + outer
     del tape
     example_weights = _example_weights(batch, params[0].dtype)
-    penalty = penalty_diagonal(objective, params, len(losses)) if blocks_layout else None
+    penalty = elementwise_penalty_diagonal(objective, params) if blocks_layout else None
     blocks = []
     for (layer, indices, _, _), total in zip(blocks_layout, sums, strict=True):
         a, count = rule_for(layer).input_factor(layer, [x for x, _ in recorded[id(layer)]],

@@ -199,7 +199,11 @@ def _dot(first, second):
 
 
 def penalty_diagonal(objective, params, num_losses):
-    """diag(∇²R) for elementwise weight penalties (L1, L2, L1L2), whose Hessian is diagonal."""
+    """diag(∇²R) for elementwise weight penalties (L1, L2, L1L2), whose Hessian is diagonal.
+
+    Raises:
+        ValueError: the model's losses hold other terms, whose Hessian is not diagonal.
+    """
     model = objective.model
     regularized = [v for v in model.trainable_weights if v.regularizer is not None]
     if num_losses == 0:
@@ -213,6 +217,19 @@ def penalty_diagonal(objective, params, num_losses):
             "diagonal, so the GGN and Fisher diagonals cannot add it exactly. Use "
             "method='hutchinson', which estimates the whole Hessian's diagonal."
         )
+    return elementwise_penalty_diagonal(objective, params)
+
+
+def elementwise_penalty_diagonal(objective, params):
+    """diag(∇²R) of the model's elementwise weight penalties (L1, L2, L1L2) alone, or `None`.
+
+    The model's other loss terms (activity regularizers, `add_loss`, other regularizers) are not
+    in it.
+    """
+    regularized = [v for v in objective.model.trainable_weights
+                   if isinstance(v.regularizer, _ELEMENTWISE_PENALTIES)]
+    if not regularized:
+        return None
     regularizers = {id(v): v.regularizer for v in regularized}
     ones = [tf.ones_like(p) for p in params]
     # A diagonal Hessian applied to the ones vector is its diagonal.

@@ -281,6 +281,32 @@ def test_blocks_hold_the_isotropic_part_of_the_weight_penalty(float64):
     np.testing.assert_allclose(etas, [2 * float(np.float32(0.1)) * 20 / 25, 0.0], rtol=1e-12)
 
 
+def test_an_activity_regularizer_leaves_the_blocks_with_the_weight_penalty_alone(float64):
+    # The activity penalty's Hessian is not diagonal: the blocks keep the loss's factors and
+    # the kernel's L2 (η = 2 float32(0.1) · 12 / 15 on the 4x3 kernel and 3 biases), and the
+    # factors are those of the same model without the activity penalty.
+    def model(activity):
+        keras.utils.set_random_seed(0)
+        built = keras.Sequential([
+            keras.Input((4,)),
+            keras.layers.Dense(3, activation="tanh",
+                               kernel_regularizer=keras.regularizers.L2(0.1),
+                               activity_regularizer=keras.regularizers.L2(0.1) if activity
+                               else None),
+            keras.layers.Dense(2, activation="softmax")])
+        built.compile(loss="sparse_categorical_crossentropy")
+        return built
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 4)), rng.integers(0, 2, 6)
+    with_activity, without = (factors(model(a), x, y, None) for a in (True, False))
+    etas = [float(block.penalty) for block in with_activity.blocks]
+    np.testing.assert_allclose(etas, [2 * float(np.float32(0.1)) * 12 / 15, 0.0], rtol=1e-12)
+    for block, reference in zip(with_activity.blocks, without.blocks, strict=True):
+        np.testing.assert_allclose(block.a, reference.a, rtol=1e-12)
+        np.testing.assert_allclose(block.g, reference.g, rtol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["cnn", "bn_dropout", "embedding", "mlp_l2"])
 def test_damped_inverse_equals_the_dense_factored_tikhonov_inverse(float64, kind):
     # (A + π γ I)⁻¹ ⊗ (G + γ/π I)⁻¹ per block, γ = sqrt(λ + η) (η the penalty's part, 0.16 on
