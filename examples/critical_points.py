@@ -29,6 +29,7 @@ import time
 import keras
 import numpy as np
 import scipy.optimize
+import scipy.stats
 import tensorflow as tf
 
 from keras_secondorder import curvature
@@ -134,19 +135,44 @@ def starting_points(model, x, y, args):
     return points
 
 
-def correlation(points):
-    """Pearson's correlation of training error and index over `points` (`None` below 3)."""
+def correlation(points, key="index"):
+    """Pearson's correlation of training error and `key` over `points` (`None` below 3)."""
     if len(points) < 3:
         return None
     return float(np.corrcoef([r["training_error"] for r in points],
-                             [r["index"] for r in points])[0, 1])
+                             [r[key] for r in points])[0, 1])
 
 
-def semicircle(values, grid):
-    """Wigner's semicircle with the eigenvalues' mean and variance: radius 2σ."""
-    center, radius = np.mean(values), 2 * np.std(values)
-    inside = np.clip(1 - ((grid - center) / radius) ** 2, 0, None)
-    return 2 / (np.pi * radius) * np.sqrt(inside)
+def bulk(eigenvalues):
+    """The central 96% of the eigenvalues (the outliers, a few large ones, out)."""
+    values = np.asarray(eigenvalues)
+    low, high = np.percentile(values, [2, 98])
+    return values[(values >= low) & (values <= high)]
+
+
+def semicircle(values):
+    """Wigner's semicircle with the eigenvalues' mean and variance (radius 2σ), a scipy law."""
+    return scipy.stats.semicircular(loc=np.mean(values), scale=2 * np.std(values))
+
+
+def summarize(results):
+    """Counts and correlations of the error with the index and with the median eigenvalue.
+
+    The second asks whether the spectrum shifts right as the error falls; each (near-)critical
+    point also gets its Kolmogorov-Smirnov distance to its fitted semicircle.
+    """
+    critical = [r for r in results if r["critical"]]
+    near = [r for r in results if r["near_critical"]]
+    for row in near:
+        row["median_eigenvalue"] = float(np.median(row["eigenvalues"]))
+        values = bulk(row["eigenvalues"])
+        row["semicircle_ks"] = float(scipy.stats.kstest(values, semicircle(values).cdf).statistic)
+    return {"critical_points": len(critical), "near_critical_points": len(near),
+            "searched": len(results),
+            "correlation_error_index": correlation(critical),
+            "correlation_error_index_near_critical": correlation(near),
+            "correlation_error_median_eigenvalue_near_critical": correlation(
+                near, "median_eigenvalue")}
 
 
 def main():
@@ -165,7 +191,14 @@ def main():
     parser.add_argument("--near-threshold", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="docs/figures/critical_points/critical_points.json")
+    parser.add_argument("--replot", action="store_true",
+                        help="summarize and plot the stored --output again, without searching")
     args = parser.parse_args()
+    output = pathlib.Path(args.output)
+    if args.replot:
+        stored = json.loads(output.read_text())
+        report(stored["settings"], stored["results"], output)
+        return
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
     x, y = downscaled_mnist(args.data_dir, args.examples)
@@ -196,17 +229,17 @@ def main():
         print(f"{label:28s} |∇f| {gradient_norm:.1e}  loss {row['loss']:.4f}  error "
               f"{error:.3f}  index {row['index']:.4f}  "
               f"({found.nit} iterations, {time.perf_counter() - begin:.0f} s)", flush=True)
-    critical = [r for r in results if r["critical"]]
-    near = [r for r in results if r["near_critical"]]
-    summary = {"critical_points": len(critical), "near_critical_points": len(near),
-               "searched": len(results),
-               "correlation_error_index": correlation(critical),
-               "correlation_error_index_near_critical": correlation(near)}
+    report(vars(args), results, output)
+
+
+def report(settings, results, output):
+    """Writes the summary and the results to `output` (JSON) and the figures beside it."""
+    summary = summarize(results)
     print(json.dumps(summary))
-    output = pathlib.Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"settings": vars(args), "summary": summary,
+    output.write_text(json.dumps({"settings": settings, "summary": summary,
                                   "results": results}) + "\n")
+    near = [r for r in results if r["near_critical"]]
     if near:
         plot(near, output.parent)
 
@@ -233,13 +266,12 @@ def plot(points, directory):
             min(points, key=lambda r: r["training_error"])]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, row in zip(axes, ends, strict=True):
-        values = np.array(row["eigenvalues"])
-        bulk = values[np.abs(values - np.median(values)) < 5 * np.std(values)]
-        grid = np.linspace(bulk.min(), bulk.max(), 400)
-        axis.hist(bulk, bins=80, density=True, alpha=0.6, label="eigenvalues")
-        axis.plot(grid, semicircle(bulk, grid), label="semicircle (same mean, variance)")
-        axis.set(title=f"error {100 * row['training_error']:.1f}%, index {row['index']:.3f}",
-                 xlabel="eigenvalue")
+        values = bulk(row["eigenvalues"])
+        grid = np.linspace(values.min(), values.max(), 400)
+        axis.hist(values, bins=80, density=True, alpha=0.6, label="eigenvalues")
+        axis.plot(grid, semicircle(values).pdf(grid), label="semicircle (same mean, variance)")
+        axis.set(title=f"error {100 * row['training_error']:.1f}%, index {row['index']:.3f}, "
+                       f"KS {row['semicircle_ks']:.2f}", xlabel="eigenvalue")
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(directory / "eigenvalue_histograms.png", dpi=100)

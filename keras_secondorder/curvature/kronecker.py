@@ -502,8 +502,8 @@ def eigen_solve(decomposition, vector, damping):
 
     `(A ⊗ G + (η + λ) I)⁻¹ = (Q_A ⊗ Q_G) (Λ_A ⊗ Λ_G + η + λ)⁻¹ (Q_A ⊗ Q_G)ᵀ`, so a block's
     matrix `V -> Q_A [(Q_Aᵀ V Q_G) ⊘ (λ_A λ_Gᵀ + η + λ)] Q_Gᵀ`; diagonal blocks
-    `v -> v ⊘ (d + λ)`. Unlike
-    `solve`'s factored damping (what K-FAC steps with), this inverts the damped matrix itself.
+    `v -> v ⊘ (d + λ)`. Unlike `solve`'s factored damping (what K-FAC steps with), this inverts
+    the damped matrix itself.
     """
     result = {}
     for block in decomposition.blocks:
