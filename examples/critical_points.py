@@ -165,6 +165,9 @@ def summarize(results):
     near = [r for r in results if r["near_critical"]]
     for row in near:
         row["median_eigenvalue"] = float(np.median(row["eigenvalues"]))
+        # How strong the negative curvature is: the most negative eigenvalue over the largest.
+        row["smallest_over_largest"] = float(np.min(row["eigenvalues"])
+                                             / np.max(row["eigenvalues"]))
         values = bulk(row["eigenvalues"])
         row["semicircle_ks"] = float(scipy.stats.kstest(values, semicircle(values).cdf).statistic)
     return {"critical_points": len(critical), "near_critical_points": len(near),
