@@ -168,6 +168,9 @@ def summarize(results):
         # How strong the negative curvature is: the most negative eigenvalue over the largest.
         row["smallest_over_largest"] = float(np.min(row["eigenvalues"])
                                              / np.max(row["eigenvalues"]))
+        # The spike at zero: eigenvalues below 1e-8 max|λ| in magnitude.
+        magnitudes = np.abs(row["eigenvalues"])
+        row["zero_fraction"] = float(np.mean(magnitudes < 1e-8 * magnitudes.max()))
         values = bulk(row["eigenvalues"])
         row["semicircle_ks"] = float(scipy.stats.kstest(values, semicircle(values).cdf).statistic)
     return {"critical_points": len(critical), "near_critical_points": len(near),
