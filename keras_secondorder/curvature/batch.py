@@ -153,19 +153,19 @@ class BatchCurvature:
     def kronecker_factors(self, fisher="sampled", seed=(0, 0), sum_over_replicas=True):
         """K-FAC's `KroneckerFactors` of the batch (see `curvature.kronecker`).
 
-        Across replicas `G` and the diagonal blocks are summed (each replica's objective
-        carries its `1 / replicas` share, as for products) and `A`, a mean over examples, is
-        averaged.
+        Across replicas `G`, the penalty's `η` and the diagonal blocks are summed (each
+        replica's objective carries its `1 / replicas` share, as for products) and `A`, a mean
+        over examples, is averaged.
         """
         factors = kronecker.kronecker_factors(self.objective, self.batch, fisher, seed)
         if not sum_over_replicas:
             return factors
         context = tf.distribute.get_replica_context()
         replicas = 1 if context is None else context.num_replicas_in_sync
-        summed = self.sum_over_replicas(kronecker.factor_tensors(factors))
-        summed[0:2 * len(factors.blocks):2] = [a / replicas for a in
-                                                 summed[0:2 * len(factors.blocks):2]]
-        return kronecker.with_factor_tensors(factors, summed)
+        summed = kronecker.with_factor_tensors(
+            factors, self.sum_over_replicas(kronecker.factor_tensors(factors)))
+        return summed._replace(blocks=tuple(block._replace(a=block.a / replicas)
+                                            for block in summed.blocks))
 
     def sum_over_replicas_if(self, condition, compute, zeros=None):
         """`compute()` if `condition`, else `zeros`; summed after the `tf.cond`.
