@@ -88,12 +88,12 @@ class FlatObjective:
         far from one. Stops at `|∇f| < threshold` or after `iterations` steps.
         """
         mu = None
-        for _ in range(iterations + 1):
+        for step in range(iterations + 1):
             self.set_flat_weights(theta)
             hessian = curvature.dense.hessian(self.model, *self.batch).numpy()
             gradient = self.value_and_gradient(tf.constant(theta))[1].numpy()
             norm = np.linalg.norm(gradient)
-            if norm < threshold:
+            if norm < threshold or step == iterations:  # The Hessian is the returned point's.
                 break
             eigenvalues, vectors = np.linalg.eigh(hessian)
             mu = 1e-4 * np.max(eigenvalues**2) if mu is None else mu
