@@ -73,15 +73,17 @@ GROUPS = ("kfac_pilots", "kfac_adam", "nesterov", "hessian_free", "lenet")
 class WallClock(keras.callbacks.Callback):
     """Stops training after `budget` seconds of training, measuring every `every` seconds.
 
-    Time spent measuring is not counted (tracing and compiling, in the first step, are).
-    `measurements` holds `(seconds, measure(model))`, `step_logs` the `keys` of every step's logs
-    (when the optimizer logs them), `steps` the number of steps and `first_step` the seconds of
-    the first.
+    Time spent measuring is not counted; tracing and compiling, in the first step, are unless
+    `count_first_step=False` (then the clock starts after the first step: for budgets too short
+    to amortize a compile). `measurements` holds `(seconds, measure(model))`, `step_logs` the
+    `keys` of every step's logs (when the optimizer logs them), `steps` the number of steps and
+    `first_step` the seconds of the first.
     """
 
-    def __init__(self, budget, every, measure, keys=()):
+    def __init__(self, budget, every, measure, keys=(), count_first_step=True):
         super().__init__()
         self.budget, self.every, self.measure, self.keys = budget, every, measure, keys
+        self.count_first_step = count_first_step
         self.measurements, self.step_logs, self.steps = [], [], 0
 
     def on_train_begin(self, logs=None):
@@ -96,6 +98,8 @@ class WallClock(keras.callbacks.Callback):
         self.steps += 1
         if self.steps == 1:
             self.first_step = elapsed
+            if not self.count_first_step:
+                self.paused, elapsed = self.paused + elapsed, 0.0
         if self.keys and logs and self.keys[0] in logs:
             self.step_logs.append({key: float(logs[key]) for key in self.keys})
         if elapsed >= self.next or elapsed >= self.budget:
@@ -133,10 +137,10 @@ def autoencoder(seed=0):
 
 
 def train(build, optimizer, data, batch_size, seconds, every, measure, loss, loss_weights=None,
-          keys=(), jit_compile="auto"):
+          keys=(), jit_compile="auto", count_first_step=True):
     model = build()
     model.compile(optimizer, loss, loss_weights=loss_weights, jit_compile=jit_compile)
-    clock = WallClock(seconds, every, measure, keys)
+    clock = WallClock(seconds, every, measure, keys, count_first_step)
     model.fit(*data, batch_size=batch_size, epochs=100000, shuffle=True, verbose=0,
               callbacks=[clock])
     return clock

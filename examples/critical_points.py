@@ -33,14 +33,7 @@ import scipy.stats
 import tensorflow as tf
 
 from keras_secondorder import curvature
-from keras_secondorder.datasets import mnist
-
-
-def downscaled_mnist(data_dir, count):
-    (x_train, y_train), _ = mnist(data_dir)
-    images = tf.image.resize(x_train[:count, ..., None].astype("float64") / 255.0, (10, 10),
-                             method="area")
-    return tf.reshape(images, [count, 100]).numpy(), y_train[:count].astype("int64")
+from keras_secondorder.datasets import downscale, mnist
 
 
 def network(hidden, seed):
@@ -207,7 +200,8 @@ def main():
         return
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
-    x, y = downscaled_mnist(args.data_dir, args.examples)
+    (x_train, y_train), _ = mnist(args.data_dir)
+    x, y = downscale(x_train[:args.examples]), y_train[:args.examples].astype("int64")
     model = network(args.hidden, args.seed)
     print(f"10x10 MNIST, {args.examples} images, 100-{args.hidden}-10 tanh: "
           f"{model.count_params()} weights")

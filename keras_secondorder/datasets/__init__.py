@@ -1,4 +1,4 @@
-"""Datasets: MNIST from its IDX files or TensorFlow Datasets, and as LeNet-5 reads it."""
+"""Datasets: MNIST from its IDX files or TensorFlow Datasets, downscaled, or as LeNet-5 reads."""
 
 from keras_secondorder.datasets.lenet import (
     BACKGROUND,
@@ -10,7 +10,7 @@ from keras_secondorder.datasets.lenet import (
     mnist_dataset,
     random_affine,
 )
-from keras_secondorder.datasets.mnist import DATA_ENV_VAR, mnist
+from keras_secondorder.datasets.mnist import DATA_ENV_VAR, downscale, mnist
 
 __all__ = [
     "BACKGROUND",
@@ -18,6 +18,7 @@ __all__ = [
     "FOREGROUND",
     "affine_coordinates",
     "distort",
+    "downscale",
     "elastic_distortion",
     "lenet_preprocess",
     "mnist",

@@ -5,6 +5,9 @@ import os
 import pathlib
 
 import numpy as np
+import tensorflow as tf
+
+from keras_secondorder._validation import positive_int
 
 DATA_ENV_VAR = "KERAS_SECONDORDER_DATA"
 
@@ -45,6 +48,31 @@ def mnist(data_dir=None):
         parameter = "data_dir" if data_dir is not None else DATA_ENV_VAR
         return _load_idx_directory(_find_idx_directory(directory, parameter))
     return _load_tfds()
+
+
+def downscale(images, size=10):
+    """MNIST images averaged down to `size` x `size` pixels in [0, 1], flat.
+
+    Dauphin et al.'s small networks read MNIST at 10x10: each output pixel is the area-weighted
+    mean of the input pixels it covers (`tf.image.resize(method="area")`), so an integer
+    ratio (28 -> 14, 28 -> 7) gives the plain block means. The resize computes in float32;
+    the result is returned as float64 for float64 models (float32's precision, 1e-7).
+
+    Args:
+        images: `uint8` images of shape `(n, height, width)`, values 0-255 (as `mnist` returns).
+        size: the side of the downscaled images. Defaults to `10`.
+
+    Returns:
+        A float64 array of shape `(n, size * size)`, exact to float32's rounding.
+    """
+    size = positive_int(size, "size")
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"`images` must have shape (n, height, width); received shape "
+                         f"{images.shape}. Pass MNIST's images as `mnist()` returns them.")
+    resized = tf.image.resize(images[..., None].astype("float64") / 255.0, (size, size),
+                              method="area")
+    return tf.reshape(resized, [len(images), size * size]).numpy()
 
 
 def _find_idx_directory(directory, parameter):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_secondorder.datasets import DATA_ENV_VAR, mnist
+from keras_secondorder.datasets import DATA_ENV_VAR, downscale, mnist
 
 SIZES = {"train": 5, "t10k": 3}
 
@@ -118,3 +118,17 @@ def test_import_without_tensorflow_names_the_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     assert "keras-secondorder[cpu]" in result.stderr and "keras-secondorder[gpu]" in result.stderr
+
+
+@pytest.mark.parametrize("size", [14, 7, 4])
+def test_downscale_is_the_block_mean_at_an_integer_ratio(size):
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28)).astype(np.uint8)
+    block = 28 // size
+    expected = images.reshape(3, size, block, size, block).mean(axis=(2, 4)) / 255.0
+    # The area resize computes in float32: equal to float32's rounding of the mean.
+    np.testing.assert_allclose(downscale(images, size), expected.reshape(3, -1), rtol=3e-7)
+
+
+def test_downscale_refuses_flat_images():
+    with pytest.raises(ValueError, match=r"`images` must have shape \(n, height, width\)"):
+        downscale(np.zeros((3, 784), np.uint8))
