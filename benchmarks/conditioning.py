@@ -1,8 +1,8 @@
 """The conditioning study: the lecture's tricks against the curvature, and where SDLM pays.
 
-A 784-100-100-10 MLP on `--train` MNIST images, one factor changed at a time from the
-baseline (standardized inputs, LeCun's scaled tanh, weight variance 1/fan_in, no
-BatchNormalization, no skip connection):
+A 784-100-100-10 MLP and LeNet-5 (`--models`) on `--train` MNIST images, one factor changed at
+a time from the baseline (standardized inputs, LeCun's scaled tanh, weight variance 1/fan_in,
+no BatchNormalization, no skip connection):
 
 - inputs: raw [0, 1] / centred / standardized (centred, divided by the global standard
   deviation);
@@ -11,13 +11,19 @@ BatchNormalization, no skip connection):
 - BatchNormalization after each hidden Dense layer;
 - a skip connection around the second hidden layer (a residual MLP).
 
+LeNet-5 (`models.lenet5` on the images padded to 32x32) takes the rows that apply: the inputs,
+the units (all of C1 to F6) and the initial variance (of every kernel; the subsampling
+coefficients start at 1 as always).
+
 For each configuration, at initialization and after one epoch of SGD (its best rate), the
 Gauss-Newton matrix on `--curvature-examples` images: `λ_max`, `λ_max / λ_10` and
 `λ_max / λ_100` (Lanczos), the bulk (the median of the spectral density) and, per layer,
-`λ_max` and the mean diagonal ("second derivatives smaller in lower layers"). Then SGD (the
-rates of `SGD_RATES`) and SDLM (the settings of `SDLM_SETTINGS`), batch 32, up to `--epochs`
-epochs: each one's epochs to the training loss `--target` (the loss on the whole subset at the
-end of each epoch), the best of each grid, and SDLM's speed-up over tuned SGD.
+`λ_max` and the mean diagonal ("second derivatives smaller in lower layers"; every layer with
+weights). Then SGD (the rates of `SGD_RATES`) and SDLM (the settings of `SDLM_SETTINGS`), batch
+32, up to `--epochs` epochs: each one's epochs to the training loss `--target` (the loss on the
+whole subset at the end of each epoch), the best of each grid (seed 0), then both best
+settings again with `--seeds - 1` more seeds (initial weights and batch order), and SDLM's
+speed-up over tuned SGD: the ratio of the mean epochs, with its range over the seeds.
 
 And the lecture's linear model `f(w) = E[(wᵀx - y)²] + λ|w|²`, whose Hessian is
 `2 E[xxᵀ] + 2λ I`: its condition number against the norm of the inputs' mean (14x14 MNIST,
@@ -26,7 +32,7 @@ in closed form (`eigvalsh` of `2 XᵀX / N + 2λ I`).
 
 Writes benchmarks/results/conditioning.{json,md,png}.
 
-Run: python benchmarks/conditioning.py [--train 10000] [--epochs 30] [--data DIR]
+Run: python benchmarks/conditioning.py [--train 5000] [--epochs 15] [--seeds 3] [--data DIR]
 """
 
 import argparse
@@ -39,6 +45,7 @@ from _common import RESULTS, environment, write
 import keras_secondorder as ks
 from keras_secondorder import curvature, spectrum
 from keras_secondorder.datasets import mnist
+from keras_secondorder.models import lenet5
 from keras_secondorder.models.lenet import scaled_tanh
 
 SGD_RATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -52,27 +59,45 @@ ACTIVATIONS = {"sigmoid": "sigmoid", "scaled_tanh": scaled_tanh, "relu": "relu"}
 
 
 def inputs(images, kind):
+    """`images` (flat, in [0, 1]) raw, centred per pixel, or centred and standardized."""
     if kind == "raw":
         return images
     centred = images - images.mean(axis=0)
     return centred if kind == "centred" else centred / centred.std()
 
 
+def initializer(config):
+    return keras.initializers.VarianceScaling(config["init_scale"], "fan_in", "normal")
+
+
 def mlp(config, seed):
     keras.utils.set_random_seed(seed)
-    initializer = keras.initializers.VarianceScaling(config["init_scale"], "fan_in", "normal")
+    initializer_ = initializer(config)
     x = first = keras.Input((784,))
     hidden = []
     for index in range(2):
-        h = keras.layers.Dense(100, kernel_initializer=initializer, name=f"hidden_{index}")(x)
+        h = keras.layers.Dense(100, kernel_initializer=initializer_,
+                               name=f"hidden_{index}")(x)
         if config["batch_norm"]:
             h = keras.layers.BatchNormalization(name=f"batch_norm_{index}")(h)
         h = keras.layers.Activation(ACTIVATIONS[config["activation"]])(h)
         x = keras.layers.Add()([h, x]) if config["skip"] and index == 1 else h
         hidden.append(x)
-    outputs = keras.layers.Dense(10, activation="softmax", kernel_initializer=initializer,
+    outputs = keras.layers.Dense(10, activation="softmax", kernel_initializer=initializer_,
                                  name="output")(x)
     return ks.Model(first, outputs)
+
+
+def lenet(config, seed):
+    keras.utils.set_random_seed(seed)
+    return ks.wrap(lenet5(activation=ACTIVATIONS[config["activation"]],
+                          kernel_initializer=initializer(config)))
+
+
+# Each model: its builder, its input shape, and the rows that apply to it.
+MODELS = {"mlp": (mlp, (784,), CHANGES),
+          "lenet5": (lenet, (32, 32, 1),
+                     [c for c in CHANGES if "batch_norm" not in c and "skip" not in c])}
 
 
 def curvature_proxies(model, batch):
@@ -95,7 +120,7 @@ def curvature_proxies(model, batch):
     cumulative = np.cumsum(weights[order]) / weights.sum()
     layers = {}
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Dense):
+        if layer.trainable_variables:
             block = curvature.GGNOperator(model, batch, variables=layer.trainable_variables,
                                           training=True)
             layers[layer.name] = {
@@ -131,32 +156,52 @@ def best_of(results):
     return min(results, key=lambda r: r["final_loss"])
 
 
-def configuration_row(config, images, labels, args):
-    x = inputs(images, config["inputs"])
+def configuration_row(model_name, config, images, labels, args):
+    build, shape, _ = MODELS[model_name]
+    x = inputs(images, config["inputs"]).reshape(-1, *shape)
     data = (x, labels)
     batch = (x[:args.curvature_examples], labels[:args.curvature_examples])
-    sgd = []
-    for rate in SGD_RATES:
-        epochs, loss = epochs_to_target(mlp(config, 0), keras.optimizers.SGD(rate), data,
-                                        args.epochs, args.target)
-        sgd.append({"rate": rate, "epochs": epochs, "final_loss": loss})
-    sdlm = []
-    for epsilon, mu in SDLM_SETTINGS:
-        epochs, loss = epochs_to_target(
-            mlp(config, 0), ks.optimizers.SDLM(epsilon, mu=mu, reestimate_every=len(x) // 32),
-            data, args.epochs, args.target)
-        sdlm.append({"epsilon": epsilon, "mu": mu, "epochs": epochs, "final_loss": loss})
-    best_sgd, best_sdlm = best_of(sgd), best_of(sdlm)
-    model = mlp(config, 0)
+
+    def sgd(setting):
+        return keras.optimizers.SGD(setting["rate"])
+
+    def sdlm(setting):
+        return ks.optimizers.SDLM(setting["epsilon"], mu=setting["mu"],
+                                  reestimate_every=len(x) // 32)
+
+    def runs(optimizer, settings, seed):
+        for setting in settings:
+            epochs, loss = epochs_to_target(build(config, seed), optimizer(setting), data,
+                                            args.epochs, args.target)
+            yield {**setting, "seed": seed, "epochs": epochs, "final_loss": loss}
+
+    sgd_grid = list(runs(sgd, [{"rate": rate} for rate in SGD_RATES], 0))
+    sdlm_grid = list(runs(sdlm, [{"epsilon": e, "mu": mu} for e, mu in SDLM_SETTINGS], 0))
+    best_sgd, best_sdlm = best_of(sgd_grid), best_of(sdlm_grid)
+    seeds = {"sgd": [best_sgd], "sdlm": [best_sdlm]}
+    for seed in range(1, args.seeds):
+        seeds["sgd"] += runs(sgd, [{"rate": best_sgd["rate"]}], seed)
+        seeds["sdlm"] += runs(sdlm, [{"epsilon": best_sdlm["epsilon"],
+                                      "mu": best_sdlm["mu"]}], seed)
+    model = build(config, 0)
     model.compile(keras.optimizers.SGD(best_sgd["rate"]), "sparse_categorical_crossentropy")
     initial = curvature_proxies(model, batch)
     model.fit(*data, batch_size=32, epochs=1, verbose=0)
     after_one_epoch = curvature_proxies(model, batch)
-    speedup = (best_sgd["epochs"] / best_sdlm["epochs"]
-               if best_sgd["epochs"] and best_sdlm["epochs"] else None)
-    return {"config": config, "initial": initial, "after_one_epoch": after_one_epoch,
-            "sgd": sgd, "sdlm": sdlm, "best_sgd": best_sgd, "best_sdlm": best_sdlm,
-            "sdlm_speedup": speedup}
+    return {"model": model_name, "config": config, "initial": initial,
+            "after_one_epoch": after_one_epoch, "sgd": sgd_grid, "sdlm": sdlm_grid,
+            "best_sgd": best_sgd, "best_sdlm": best_sdlm, "seeds": seeds,
+            **speedups(seeds)}
+
+
+def speedups(seeds):
+    """SDLM's speed-up: mean epochs of SGD over SDLM's, and per seed (None: a run missed)."""
+    sgd = [run["epochs"] for run in seeds["sgd"]]
+    sdlm = [run["epochs"] for run in seeds["sdlm"]]
+    if None in sgd or None in sdlm:
+        return {"sdlm_speedup": None, "sdlm_speedup_per_seed": None}
+    return {"sdlm_speedup": float(np.mean(sgd) / np.mean(sdlm)),
+            "sdlm_speedup_per_seed": [a / b for a, b in zip(sgd, sdlm, strict=True)]}
 
 
 def linear_model_rows(images, args):
@@ -169,7 +214,9 @@ def linear_model_rows(images, args):
     rows = []
     # In float64: at a condition number of 1e6 float32's rounding of the largest eigenvalue
     # (~1e-7 of 2e3) is a tenth of the smallest (2λ = 2e-3). It runs last, after the MLPs.
+    # The policy too: Keras fixes the global policy from floatx once the first layer reads it.
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     for shift in args.mean_norms:
         x = standardized + shift / np.sqrt(196)  # mean norm `shift`
         keras.utils.set_random_seed(0)
@@ -184,15 +231,18 @@ def linear_model_rows(images, args):
     return rows
 
 
-def name_of(config):
-    changes = {key: value for key, value in config.items() if BASELINE[key] != value}
-    return ", ".join(f"{key}={value}" for key, value in changes.items()) or "baseline"
+def name_of(row):
+    changes = {key: value for key, value in row["config"].items() if BASELINE[key] != value}
+    label = ", ".join(f"{key}={value}" for key, value in changes.items()) or "baseline"
+    return f"{'MLP' if row['model'] == 'mlp' else 'LeNet-5'}: {label}"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=10000)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--train", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.1)
     parser.add_argument("--curvature-examples", type=int, default=1000)
     parser.add_argument("--mean-norms", type=float, nargs="+", default=[0, 1, 3, 10, 30])
@@ -200,16 +250,19 @@ def main():
     parser.add_argument("--data", default=None)
     args = parser.parse_args()
     (x_train, y_train), _ = mnist(args.data)
-    images = (x_train[:args.train].reshape(-1, 784) / 255.0).astype("float32")
+    images = (x_train[:args.train] / 255.0).astype("float32")
     labels = y_train[:args.train].astype("int32")
     rows = []
-    for change in CHANGES:
-        config = {**BASELINE, **change}
-        rows.append(configuration_row(config, images, labels, args))
-        row = rows[-1]
-        print(name_of(config), row["initial"]["largest"], row["initial"]["ratio_100"],
-              row["best_sgd"], row["best_sdlm"], row["sdlm_speedup"], flush=True)
-    linear = linear_model_rows(images, args)
+    for model_name in args.models:
+        flat = images.reshape(args.train, -1)
+        if model_name == "lenet5":
+            flat = np.pad(images, ((0, 0), (2, 2), (2, 2))).reshape(args.train, -1)
+        for change in MODELS[model_name][2]:
+            row = configuration_row(model_name, {**BASELINE, **change}, flat, labels, args)
+            rows.append(row)
+            print(name_of(row), row["initial"]["largest"], row["initial"]["ratio_100"],
+                  row["seeds"], row["sdlm_speedup"], flush=True)
+    linear = linear_model_rows(images.reshape(args.train, -1), args)
     write("conditioning", {"environment": environment(), "settings": vars(args),
                            "configurations": rows, "linear_model": linear},
           markdown(rows, linear, args))
@@ -217,22 +270,29 @@ def main():
 
 
 def markdown(rows, linear, args):
-    lines = ["# Conditioning study (784-100-100-10 MLP, MNIST)", "",
+    lines = ["# Conditioning study (784-100-100-10 MLP and LeNet-5, MNIST)", "",
              f"{args.train} images; Gauss-Newton spectrum on {args.curvature_examples}; target "
-             f"training loss {args.target}; up to {args.epochs} epochs of batch 32. Generated "
-             f"by `benchmarks/conditioning.py` ({environment()['date']}).", "",
+             f"training loss {args.target}; up to {args.epochs} epochs of batch 32; each grid "
+             f"tuned on seed 0, its best setting run on {args.seeds} seeds (epochs per seed; "
+             f"speed-up: ratio of the mean epochs, range over seeds). Generated by "
+             f"`benchmarks/conditioning.py` ({environment()['date']}).", "",
              "| configuration | λ_max (init) | λ_max/λ_100 (init) | bulk (init) | λ_max / "
              "λ_max/λ_100 (1 epoch) | SGD best rate: epochs | SDLM best: epochs | "
              "SDLM speed-up |", "| --- | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
     for row in rows:
         initial, after = row["initial"], row["after_one_epoch"]
         sgd, sdlm = row["best_sgd"], row["best_sdlm"]
-        speedup = f"{row['sdlm_speedup']:.2f}x" if row["sdlm_speedup"] else "-"
+        sgd_epochs, sdlm_epochs = (", ".join(str(run["epochs"] or "-") for run in row["seeds"][k])
+                                   for k in ("sgd", "sdlm"))
+        speedup = "-"
+        if row["sdlm_speedup"]:
+            per_seed = row["sdlm_speedup_per_seed"]
+            speedup = f"{row['sdlm_speedup']:.2f}x ({min(per_seed):.2f}-{max(per_seed):.2f})"
         lines.append(
-            f"| {name_of(row['config'])} | {initial['largest']:.3g} | "
+            f"| {name_of(row)} | {initial['largest']:.3g} | "
             f"{initial['ratio_100']:.3g} | {initial['bulk']:.2g} | {after['largest']:.3g} / "
-            f"{after['ratio_100']:.3g} | {sgd['rate']:g}: {sgd['epochs'] or '-'} | "
-            f"{sdlm['epsilon']:g}/{sdlm['mu']:g}: {sdlm['epochs'] or '-'} | {speedup} |")
+            f"{after['ratio_100']:.3g} | {sgd['rate']:g}: {sgd_epochs} | "
+            f"{sdlm['epsilon']:g}/{sdlm['mu']:g}: {sdlm_epochs} | {speedup} |")
     lines += ["", "Linear model, condition number of `2E[xxᵀ] + 2λI` against the inputs' "
               "mean norm:", "", "| mean norm | measured | closed form |", "| ---: | ---: | ---: |"]
     lines += [f"| {r['mean_norm']:.2f} | {r['condition_measured']:.4g} | "
@@ -249,13 +309,15 @@ def plot(rows, linear):
 
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     proxy = [row["initial"]["ratio_100"] for row in rows]
-    sgd_epochs = [row["best_sgd"]["epochs"] or np.nan for row in rows]
-    speedups = [row["sdlm_speedup"] or np.nan for row in rows]
-    for axis, values, label in ((axes[0], sgd_epochs, "tuned SGD: epochs to target"),
-                                (axes[1], speedups, "SDLM speed-up over tuned SGD")):
-        axis.plot(proxy, values, "o")
-        for x, y, row in zip(proxy, values, rows, strict=True):
-            axis.annotate(name_of(row["config"]), (x, y), fontsize=7)
+    sgd_epochs = [np.mean([run["epochs"] or np.nan for run in row["seeds"]["sgd"]])
+                  for row in rows]
+    speedup_values = [row["sdlm_speedup"] or np.nan for row in rows]
+    markers = ["o" if row["model"] == "mlp" else "s" for row in rows]
+    for axis, values, label in ((axes[0], sgd_epochs, "tuned SGD: mean epochs to target"),
+                                (axes[1], speedup_values, "SDLM speed-up over tuned SGD")):
+        for x, y, marker, row in zip(proxy, values, markers, rows, strict=True):
+            axis.plot(x, y, marker, color="C0" if marker == "o" else "C1")
+            axis.annotate(name_of(row), (x, y), fontsize=7)
         axis.set(xscale="log", xlabel="λ_max / λ_100 of the Gauss-Newton matrix at init",
                  ylabel=label)
     norms = [r["mean_norm"] for r in linear]

@@ -87,7 +87,8 @@ class ConnectionTableConv2D(keras.layers.Conv2D):
         return {**super().get_config(), "connections": self.connections}
 
 
-def lenet5(num_classes=10, name="lenet5"):
+def lenet5(num_classes=10, activation=scaled_tanh, kernel_initializer="glorot_uniform",
+           name="lenet5"):
     """LeNet-5 on 32x32 images: C1 6@5x5, S2, C3 16@5x5, S4, C5 120, F6 84, softmax output.
 
     As in the paper: `scaled_tanh` units, trainable subsampling (`TrainableSubsampling`) and C3's
@@ -98,23 +99,28 @@ def lenet5(num_classes=10, name="lenet5"):
 
     Args:
         num_classes: output classes. Defaults to `10`.
+        activation: the squashing function of every hidden unit (C1 to F6; the conditioning
+            study swaps it). Defaults to `scaled_tanh`.
+        kernel_initializer: of the convolution and dense kernels. Defaults to
+            `"glorot_uniform"` (Keras's).
         name: the model's name. Defaults to `"lenet5"`.
 
     Returns:
         An uncompiled `keras.Sequential` taking `(32, 32, 1)` images.
     """
+    kernels = {"activation": activation, "kernel_initializer": kernel_initializer}
     return keras.Sequential(
         [
             keras.Input((32, 32, 1)),
-            keras.layers.Conv2D(6, 5, activation=scaled_tanh, name="c1"),
-            TrainableSubsampling(name="s2"),
-            ConnectionTableConv2D(C3_CONNECTIONS, kernel_size=5, activation=scaled_tanh,
-                                  name="c3"),
-            TrainableSubsampling(name="s4"),
-            keras.layers.Conv2D(120, 5, activation=scaled_tanh, name="c5"),
+            keras.layers.Conv2D(6, 5, name="c1", **kernels),
+            TrainableSubsampling(activation, name="s2"),
+            ConnectionTableConv2D(C3_CONNECTIONS, kernel_size=5, name="c3", **kernels),
+            TrainableSubsampling(activation, name="s4"),
+            keras.layers.Conv2D(120, 5, name="c5", **kernels),
             keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(84, activation=scaled_tanh, name="f6"),
-            keras.layers.Dense(num_classes, activation="softmax", name="output"),
+            keras.layers.Dense(84, name="f6", **kernels),
+            keras.layers.Dense(num_classes, activation="softmax",
+                               kernel_initializer=kernel_initializer, name="output"),
         ],
         name=name,
     )

@@ -20,6 +20,19 @@ def test_lenet5_layout_and_parameter_count():
     assert live == 156 + 12 + 1516 + 32 + 48120 + 10164 + 850
 
 
+def test_lenet5_takes_the_hidden_units_and_the_kernel_initializer():
+    model = models.lenet5(activation="relu",
+                          kernel_initializer=keras.initializers.Constant(0.01))
+    hidden = [model.get_layer(name) for name in ("c1", "s2", "c3", "s4", "c5", "f6")]
+    assert all(layer.activation is keras.activations.relu for layer in hidden)
+    assert model.get_layer("output").activation is keras.activations.softmax
+    kernels = [model.get_layer(name).kernel for name in ("c1", "c3", "c5", "f6", "output")]
+    assert all(np.all(kernel.numpy() == np.float32(0.01)) for kernel in kernels)
+    # Relu units on a negative image: C1 is -0.01 * 25 < 0 everywhere, so all of C1 is zero.
+    c1_output = model.get_layer("c1")(-np.ones((1, 32, 32, 1), "float32"))
+    assert np.all(c1_output.numpy() == 0)
+
+
 def test_c3_table_masks_unconnected_kernel_entries():
     model = models.lenet5()
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
