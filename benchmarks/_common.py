@@ -49,6 +49,19 @@ def interleaved_medians(functions, runs, warmup):
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def per_model(make):
+    """`model -> make(model)`, made once for the latest model (a `tf.function` traced once)."""
+    made = {}
+
+    def get(model):
+        if model not in made:
+            made.clear()
+            made[model] = make(model)
+        return made[model]
+
+    return get
+
+
 def mnist_batch(size, padded=False, data_dir=None):
     """The first `size` MNIST training images in [0, 1] (flat, or padded to 32x32) and labels."""
     (x_train, y_train), _ = mnist(data_dir)

@@ -45,7 +45,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from _common import RESULTS, environment, interleaved_times, write
+from _common import RESULTS, environment, interleaved_times, per_model, write
 
 import keras_secondorder as ks
 from keras_secondorder.curvature import BatchCurvature, kronecker
@@ -116,16 +116,11 @@ class WallClock(keras.callbacks.Callback):
 def squared_error_of(images):
     """Model -> per-image squared reconstruction error on `images` (summed over pixels)."""
     data = tf.data.Dataset.from_tensor_slices(images).batch(5000).cache()
-
-    compiled = {}  # One tf.function per model, traced once.
+    summed = per_model(lambda model: tf.function(
+        lambda x: tf.reduce_sum(tf.square(model(x, training=False) - x))))
 
     def measure(model):
-        if model not in compiled:
-            compiled.clear()
-            compiled[model] = tf.function(
-                lambda x: tf.reduce_sum(tf.square(model(x, training=False) - x)))
-        total = sum(float(compiled[model](x)) for x in data)
-        return total / len(images)
+        return sum(float(summed(model)(x)) for x in data) / len(images)
 
     return measure
 

@@ -41,7 +41,7 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import tensorflow as tf
-from _common import RESULTS, environment, write
+from _common import RESULTS, environment, per_model, write
 from deep_autoencoder import HF_KEYS, NESTEROV_RATES, SMALL_BATCH, autoencoder, squared_error_of
 from deep_autoencoder import train as train_for
 
@@ -55,22 +55,16 @@ MNIST10_RATES = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 def classification_of(x, y):
     """Model -> training loss (mean cross-entropy) and error (%) on `(x, y)`."""
-    compiled = {}  # One tf.function per model, traced once.
+    def evaluate(model):
+        probabilities = model(x, training=False)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probabilities))
+        wrong = tf.not_equal(tf.argmax(probabilities, axis=1, output_type=tf.int32), y)
+        return loss, 100.0 * tf.reduce_mean(tf.cast(wrong, tf.float32))
+
+    compiled = per_model(lambda model: tf.function(lambda: evaluate(model)))
 
     def measure(model):
-        if model not in compiled:
-            compiled.clear()
-
-            @tf.function
-            def evaluate():
-                probabilities = model(x, training=False)
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                    y, probabilities))
-                wrong = tf.not_equal(tf.argmax(probabilities, axis=1, output_type=tf.int32), y)
-                return loss, 100.0 * tf.reduce_mean(tf.cast(wrong, tf.float32))
-
-            compiled[model] = evaluate
-        loss, error = compiled[model]()
+        loss, error = compiled(model)()
         return {"train": float(loss), "error": float(error)}
 
     return measure
@@ -194,8 +188,7 @@ def markdown(results, args):
     for problem, result in results.items():
         seconds = result["seconds"]
         lines += [f"## {problem}: {result['metric']}", "",
-                  f"SGD's pilots ({args.pilot_seconds:g} s each; rate: training "
-                  f"{'loss' if problem == 'mnist10x10' else 'error'}): "
+                  f"SGD's pilots ({args.pilot_seconds:g} s each; rate: {result['metric']}): "
                   + ", ".join(f"{r}: {e:.4g}" for r, e in result["sgd_pilots"].items()), ""]
         for phase, title, budget in (("from_start", "from the same start", seconds),
                                      ("from_sgd_end", "from SGD's end point", seconds / 2)):
