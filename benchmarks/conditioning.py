@@ -36,6 +36,7 @@ Run: python benchmarks/conditioning.py [--train 5000] [--epochs 15] [--seeds 3] 
 """
 
 import argparse
+import multiprocessing
 
 import keras
 import numpy as np
@@ -118,6 +119,15 @@ def curvature_proxies(model, batch):
     nodes, weights = nodes[nonzero], weights[nonzero]
     order = np.argsort(nodes)
     cumulative = np.cumsum(weights[order]) / weights.sum()
+    # The exact diagonal once for all the weights, split by layer below. With BatchNormalization
+    # in training mode each example's gradient runs through the whole batch, so a chunk's
+    # jacobian holds chunk x batch activations (10 GB for chunks of 64 on 1000 examples).
+    chunk_size = 16 if any(isinstance(layer, keras.layers.BatchNormalization)
+                           for layer in model.layers) else 64
+    diagonal = curvature.diagonal(model, batch, "ggn", training=True, chunk_size=chunk_size,
+                                  verbose=0)
+    of_variable = {id(v): d.numpy().ravel()
+                   for v, d in zip(model.trainable_variables, diagonal, strict=True)}
     layers = {}
     for layer in model.layers:
         if layer.trainable_variables:
@@ -126,10 +136,8 @@ def curvature_proxies(model, batch):
             layers[layer.name] = {
                 "largest": float(spectrum.power_iteration(block, tol=1e-4, verbose=0)
                                  .eigenvalues[0]),
-                "mean_diagonal": float(np.mean(np.concatenate([d.numpy().ravel() for d in
-                                       curvature.diagonal(model, batch, "ggn",
-                                                          variables=layer.trainable_variables,
-                                                          training=True, verbose=0)])))}
+                "mean_diagonal": float(np.mean(np.concatenate(
+                    [of_variable[id(v)] for v in layer.trainable_variables])))}
     return {"largest": float(top[0]), "ratio_10": float(top[0] / top[9]),
             "ratio_100": float(top[0] / top[99]),
             "bulk": float(nodes[order][np.searchsorted(cumulative, 0.5)]), "layers": layers}
@@ -258,7 +266,11 @@ def main():
         if model_name == "lenet5":
             flat = np.pad(images, ((0, 0), (2, 2), (2, 2))).reshape(args.train, -1)
         for change in MODELS[model_name][2]:
-            row = configuration_row(model_name, {**BASELINE, **change}, flat, labels, args)
+            # Each row in a fresh process: the rows' dozens of compiled models and curvature
+            # graphs otherwise pile up in one process (the kernel killed a run at 24 GB).
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                row = pool.apply(configuration_row,
+                                 (model_name, {**BASELINE, **change}, flat, labels, args))
             rows.append(row)
             print(name_of(row), row["initial"]["largest"], row["initial"]["ratio_100"],
                   row["seeds"], row["sdlm_speedup"], flush=True)
