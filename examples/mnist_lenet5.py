@@ -8,8 +8,8 @@
    images, times a cosine decay over the run; one estimate may at most double epsilon
    (`--max-increase`), which keeps it from running away as λ_max falls. λ_max of a sample's
    Hessian overstates the whole training set's once the net fits most images, since a few
-   images' curvature dominates a small sample: at the end of the default run it is 362 on 500
-   images, 163 on 1000 and about 120 on 2000 (74 on 4000), so the default measures on 2000.
+   images' curvature dominates a small sample: runs that measure on 500, 1000, 2000 and 4000
+   images end with λ_max at 362, 163, 123 and 74, so the default measures on 2000.
    The demo prints the epsilons it chose beside the best fixed epsilon of a grid measured once
    (benchmarks/results/lenet5_epsilon_grid.md); `--epsilon` trains with a fixed epsilon
    instead. HessianSpectrum measures the Hessian's top eigenvalues, trace and negative
