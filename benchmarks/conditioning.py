@@ -32,10 +32,15 @@ in closed form (`eigvalsh` of `2 XᵀX / N + 2λ I`).
 
 Writes benchmarks/results/conditioning.{json,md,png}.
 
-Run: python benchmarks/conditioning.py [--train 5000] [--epochs 15] [--seeds 3] [--data DIR]
+Each finished row goes to benchmarks/results/conditioning_rows.jsonl at once; `--resume` skips
+the rows found there for the same settings.
+
+Run: python benchmarks/conditioning.py [--models mlp lenet5] [--train 5000] [--epochs 15]
+     [--seeds 3] [--resume] [--data DIR]
 """
 
 import argparse
+import json
 import multiprocessing
 
 import keras
@@ -57,6 +62,7 @@ CHANGES = [{}, {"inputs": "raw"}, {"inputs": "centred"}, {"activation": "sigmoid
            {"activation": "relu"}, {"init_scale": 0.1}, {"init_scale": 10.0},
            {"batch_norm": True}, {"skip": True}]
 ACTIVATIONS = {"sigmoid": "sigmoid", "scaled_tanh": scaled_tanh, "relu": "relu"}
+ROWS = RESULTS / "conditioning_rows.jsonl"
 
 
 def inputs(images, kind):
@@ -239,6 +245,10 @@ def linear_model_rows(images, args):
     return rows
 
 
+def row_key(model_name, config):
+    return json.dumps([model_name, config], sort_keys=True)
+
+
 def name_of(row):
     changes = {key: value for key, value in row["config"].items() if BASELINE[key] != value}
     label = ", ".join(f"{key}={value}" for key, value in changes.items()) or "baseline"
@@ -256,21 +266,42 @@ def main():
     parser.add_argument("--mean-norms", type=float, nargs="+", default=[0, 1, 3, 10, 30])
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the rows of an earlier run with the same settings")
     args = parser.parse_args()
     (x_train, y_train), _ = mnist(args.data)
     images = (x_train[:args.train] / 255.0).astype("float32")
     labels = y_train[:args.train].astype("int32")
+    # Every finished row is appended to ROWS at once: a LeNet-5 row takes about a quarter of an
+    # hour, and a run stopped part way keeps what it measured. --resume reuses the rows there
+    # that were measured with the same settings.
+    settings = {key: value for key, value in vars(args).items()
+                if key not in ("models", "resume")}
+    done = {}
+    if args.resume and ROWS.exists():
+        for line in ROWS.read_text().splitlines():
+            record = json.loads(line)
+            if record["settings"] == settings:
+                done[row_key(record["row"]["model"], record["row"]["config"])] = record["row"]
+    elif ROWS.exists():
+        ROWS.unlink()
+    RESULTS.mkdir(exist_ok=True)
     rows = []
     for model_name in args.models:
         flat = images.reshape(args.train, -1)
         if model_name == "lenet5":
             flat = np.pad(images, ((0, 0), (2, 2), (2, 2))).reshape(args.train, -1)
         for change in MODELS[model_name][2]:
-            # Each row in a fresh process: the rows' dozens of compiled models and curvature
-            # graphs otherwise pile up in one process (the kernel killed a run at 24 GB).
-            with multiprocessing.get_context("spawn").Pool(1) as pool:
-                row = pool.apply(configuration_row,
-                                 (model_name, {**BASELINE, **change}, flat, labels, args))
+            config = {**BASELINE, **change}
+            row = done.get(row_key(model_name, config))
+            if row is None:
+                # Each row in a fresh process: the rows' dozens of compiled models and curvature
+                # graphs otherwise pile up in one process (the kernel killed a run at 24 GB).
+                with multiprocessing.get_context("spawn").Pool(1) as pool:
+                    row = pool.apply(configuration_row,
+                                     (model_name, config, flat, labels, args))
+                with ROWS.open("a") as rows_file:
+                    rows_file.write(json.dumps({"settings": settings, "row": row}) + "\n")
             rows.append(row)
             print(name_of(row), row["initial"]["largest"], row["initial"]["ratio_100"],
                   row["seeds"], row["sdlm_speedup"], flush=True)
