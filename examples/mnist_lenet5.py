@@ -18,8 +18,9 @@
    turned into one Keras model whose predictions equal sklearn's.
 3. Both exported in TensorFlow Serving's layout and verified with TensorFlow alone.
 
-The default (12 epochs, no distortions, SVM on 10,000 training images) takes about two minutes
-on two CPU cores; `--epochs 20 --distortions elastic --svm-samples 60000` is the full run.
+The default (12 epochs, no distortions, SVM on 10,000 training images) takes two to three and a
+half minutes on two CPU cores, by the machine's speed that day;
+`--epochs 20 --distortions elastic --svm-samples 60000` is the full run.
 
 Run: python examples/mnist_lenet5.py [--epochs 12] [--distortions none|affine|elastic|both]
      [--epsilon E] [--lr-samples 2000] [--svm-samples 10000] [--output artifacts]
@@ -115,6 +116,9 @@ def main():
     keras.utils.set_random_seed(args.seed)
 
     (x_train, y_train), (x_test, y_test) = mnist(args.data_dir)
+    if not 1 <= args.lr_samples <= len(x_train):
+        parser.error(f"--lr-samples must be 1 to {len(x_train)} (training images), got "
+                     f"{args.lr_samples}")
     train = mnist_dataset("train", args.batch_size, distortions=distortions, seed=args.seed,
                           data_dir=args.data_dir)
     test = mnist_dataset("test", 1000, data_dir=args.data_dir)
