@@ -272,7 +272,7 @@ def main():
     (x_train, y_train), _ = mnist(args.data)
     images = (x_train[:args.train] / 255.0).astype("float32")
     labels = y_train[:args.train].astype("int32")
-    # Every finished row is appended to ROWS at once: a LeNet-5 row takes about a quarter of an
+    # Every finished row is appended to ROWS at once: a LeNet-5 row takes more than half an
     # hour, and a run stopped part way keeps what it measured. --resume reuses the rows there
     # that were measured with the same settings.
     settings = {key: value for key, value in vars(args).items()
