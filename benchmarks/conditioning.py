@@ -74,23 +74,25 @@ def inputs(images, kind):
 
 
 def initializer(config):
+    """The configuration's kernel initializer, a new object for every layer.
+
+    One unseeded Keras initializer object draws the same values in every layer it builds, which
+    made the MLP's layers copies of one stream until 2026-12-04.
+    """
     return keras.initializers.VarianceScaling(config["init_scale"], "fan_in", "normal")
 
 
 def mlp(config, seed):
     keras.utils.set_random_seed(seed)
-    initializer_ = initializer(config)
     x = first = keras.Input((784,))
-    hidden = []
     for index in range(2):
-        h = keras.layers.Dense(100, kernel_initializer=initializer_,
+        h = keras.layers.Dense(100, kernel_initializer=initializer(config),
                                name=f"hidden_{index}")(x)
         if config["batch_norm"]:
             h = keras.layers.BatchNormalization(name=f"batch_norm_{index}")(h)
         h = keras.layers.Activation(ACTIVATIONS[config["activation"]])(h)
         x = keras.layers.Add()([h, x]) if config["skip"] and index == 1 else h
-        hidden.append(x)
-    outputs = keras.layers.Dense(10, activation="softmax", kernel_initializer=initializer_,
+    outputs = keras.layers.Dense(10, activation="softmax", kernel_initializer=initializer(config),
                                  name="output")(x)
     return ks.Model(first, outputs)
 

@@ -101,26 +101,34 @@ def lenet5(num_classes=10, activation=scaled_tanh, kernel_initializer="glorot_un
         num_classes: output classes. Defaults to `10`.
         activation: the squashing function of every hidden unit (C1 to F6; the conditioning
             study swaps it). Defaults to `scaled_tanh`.
-        kernel_initializer: of the convolution and dense kernels. Defaults to
-            `"glorot_uniform"` (Keras's).
+        kernel_initializer: of the convolution and dense kernels; each layer gets its own copy
+            (one unseeded Keras initializer object draws the same values in every layer it
+            builds). Defaults to `"glorot_uniform"` (Keras's).
         name: the model's name. Defaults to `"lenet5"`.
 
     Returns:
         An uncompiled `keras.Sequential` taking `(32, 32, 1)` images.
     """
-    kernels = {"activation": activation, "kernel_initializer": kernel_initializer}
+    def fresh():  # An unseeded clone draws a seed of its own (from Keras's global seed).
+        if isinstance(kernel_initializer, keras.initializers.Initializer):
+            return kernel_initializer.clone()
+        return kernel_initializer  # A name or config: Keras makes one object per layer.
+
     return keras.Sequential(
         [
             keras.Input((32, 32, 1)),
-            keras.layers.Conv2D(6, 5, name="c1", **kernels),
+            keras.layers.Conv2D(6, 5, activation=activation, kernel_initializer=fresh(),
+                                name="c1"),
             TrainableSubsampling(activation, name="s2"),
-            ConnectionTableConv2D(C3_CONNECTIONS, kernel_size=5, name="c3", **kernels),
+            ConnectionTableConv2D(C3_CONNECTIONS, kernel_size=5, activation=activation,
+                                  kernel_initializer=fresh(), name="c3"),
             TrainableSubsampling(activation, name="s4"),
-            keras.layers.Conv2D(120, 5, name="c5", **kernels),
+            keras.layers.Conv2D(120, 5, activation=activation, kernel_initializer=fresh(),
+                                name="c5"),
             keras.layers.Flatten(name="flatten"),
-            keras.layers.Dense(84, name="f6", **kernels),
-            keras.layers.Dense(num_classes, activation="softmax",
-                               kernel_initializer=kernel_initializer, name="output"),
+            keras.layers.Dense(84, activation=activation, kernel_initializer=fresh(), name="f6"),
+            keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=fresh(),
+                               name="output"),
         ],
         name=name,
     )

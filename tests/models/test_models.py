@@ -33,6 +33,23 @@ def test_lenet5_takes_the_hidden_units_and_the_kernel_initializer():
     assert np.all(c1_output.numpy() == 0)
 
 
+def test_lenet5_draws_each_layer_anew_from_one_initializer_object():
+    # One unseeded Keras initializer object draws the same stream in every layer it builds.
+    keras.utils.set_random_seed(0)
+    model = models.lenet5(kernel_initializer=keras.initializers.VarianceScaling(
+        2.0, "fan_in", "normal"))
+    kernels = {name: model.get_layer(name).kernel.numpy()
+               for name in ("c1", "c3", "c5", "f6", "output")}
+    prefixes = np.stack([kernel.ravel()[:150] for kernel in kernels.values()])
+    correlations = np.corrcoef(prefixes)[np.triu_indices(len(kernels), 1)]
+    # Independent draws: |r| ~ 1/sqrt(150) = 0.08; the same stream gave r = 1.
+    assert np.max(np.abs(correlations)) < 0.35
+    for name in ("c5", "f6"):  # The closed form: variance 2 / fan_in, to sampling error.
+        kernel = kernels[name]
+        fan_in = np.prod(kernel.shape[:-1])
+        np.testing.assert_allclose(kernel.var(), 2.0 / fan_in, rtol=0.06)
+
+
 def test_c3_table_masks_unconnected_kernel_entries():
     model = models.lenet5()
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
