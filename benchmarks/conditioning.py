@@ -18,12 +18,13 @@ coefficients start at 1 as always).
 For each configuration, at initialization and after one epoch of SGD (its best rate), the
 Gauss-Newton matrix on `--curvature-examples` images: `λ_max`, `λ_max / λ_10` and
 `λ_max / λ_100` (Lanczos), the bulk (the median of the spectral density) and, per layer,
-`λ_max` and the mean diagonal ("second derivatives smaller in lower layers"; every layer with
-weights). Then SGD (the rates of `SGD_RATES`) and SDLM (the settings of `SDLM_SETTINGS`), batch
-32, up to `--epochs` epochs: each one's epochs to the training loss `--target` (the loss on the
-whole subset at the end of each epoch), the best of each grid (seed 0), then both best
-settings again with `--seeds - 1` more seeds (initial weights and batch order), and SDLM's
-speed-up over tuned SGD: the ratio of the mean epochs, with its range over the seeds.
+`λ_max` and the mean diagonal (of the first `--diagonal-examples`; "second derivatives smaller
+in lower layers"; every layer with weights). Then SGD (the rates of `SGD_RATES`) and SDLM (the
+settings of `SDLM_SETTINGS`), batch 32, up to `--epochs` epochs: each one's epochs to the
+training loss `--target` (the loss on the whole subset at the end of each epoch), the best of
+each grid (seed 0), then both best settings again with `--seeds - 1` more seeds (initial weights
+and batch order), and SDLM's speed-up over tuned SGD: the ratio of the mean epochs, with its
+range over the seeds.
 
 And the lecture's linear model `f(w) = E[(wᵀx - y)²] + λ|w|²`, whose Hessian is
 `2 E[xxᵀ] + 2λ I`: its condition number against the norm of the inputs' mean (14x14 MNIST,
@@ -36,7 +37,7 @@ Each finished row goes to benchmarks/results/conditioning_rows.jsonl at once; `-
 the rows found there for the same settings.
 
 Run: python benchmarks/conditioning.py [--models mlp lenet5] [--train 5000] [--epochs 15]
-     [--seeds 3] [--resume] [--data DIR]
+     [--seeds 3] [--processes 1] [--resume] [--data DIR]
 """
 
 import argparse
@@ -109,13 +110,16 @@ MODELS = {"mlp": (mlp, (784,), CHANGES),
                      [c for c in CHANGES if "batch_norm" not in c and "skip" not in c])}
 
 
-def curvature_proxies(model, batch):
+def curvature_proxies(model, batch, diagonal_examples):
     """The Gauss-Newton matrix's spectrum: λ_max, ratios to λ_10 and λ_100, bulk, per layer.
 
     In training mode, the objective SGD descends: BatchNormalization normalizes with the
     batch's statistics (its moving statistics at initialization would make it the identity).
     The bulk is the median of the density's non-zero part: on `n` examples the GGN has rank at
     most `9 n`, far below the parameter count, so the median of the whole density is zero.
+    The mean diagonals are those of the first `diagonal_examples` examples' GGN: an average
+    over examples, whose exact per-example computation is the study's costliest part (LeNet-5:
+    42 s on 250 images, against 15 s for the 300 Lanczos steps on 1000).
     """
     operator = curvature.GGNOperator(model, batch, training=True)
     top = spectrum.lanczos(operator, k=100, num_iterations=300, which="largest", tol=1e-4,
@@ -132,8 +136,8 @@ def curvature_proxies(model, batch):
     # jacobian holds chunk x batch activations (10 GB for chunks of 64 on 1000 examples).
     chunk_size = 16 if any(isinstance(layer, keras.layers.BatchNormalization)
                            for layer in model.layers) else 64
-    diagonal = curvature.diagonal(model, batch, "ggn", training=True, chunk_size=chunk_size,
-                                  verbose=0)
+    diagonal = curvature.diagonal(model, tuple(part[:diagonal_examples] for part in batch),
+                                  "ggn", training=True, chunk_size=chunk_size, verbose=0)
     of_variable = {id(v): d.numpy().ravel()
                    for v, d in zip(model.trainable_variables, diagonal, strict=True)}
     layers = {}
@@ -201,13 +205,18 @@ def configuration_row(model_name, config, images, labels, args):
                                       "mu": best_sdlm["mu"]}], seed)
     model = build(config, 0)
     model.compile(keras.optimizers.SGD(best_sgd["rate"]), "sparse_categorical_crossentropy")
-    initial = curvature_proxies(model, batch)
+    initial = curvature_proxies(model, batch, args.diagonal_examples)
     model.fit(*data, batch_size=32, epochs=1, verbose=0)
-    after_one_epoch = curvature_proxies(model, batch)
+    after_one_epoch = curvature_proxies(model, batch, args.diagonal_examples)
     return {"model": model_name, "config": config, "initial": initial,
             "after_one_epoch": after_one_epoch, "sgd": sgd_grid, "sdlm": sdlm_grid,
             "best_sgd": best_sgd, "best_sdlm": best_sdlm, "seeds": seeds,
             **speedups(seeds)}
+
+
+def configuration_row_of(arguments):
+    """`configuration_row` of one tuple of arguments (for `Pool.imap_unordered`)."""
+    return configuration_row(*arguments)
 
 
 def speedups(seeds):
@@ -265,12 +274,22 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.1)
     parser.add_argument("--curvature-examples", type=int, default=1000)
+    parser.add_argument("--diagonal-examples", type=int, default=250,
+                        help="images of the per-layer mean diagonals (the first of the "
+                             "--curvature-examples)")
     parser.add_argument("--mean-norms", type=float, nargs="+", default=[0, 1, 3, 10, 30])
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="rows measured at once (the BatchNorm row peaks at 15 GB)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the rows of an earlier run with the same settings")
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
+    if not 1 <= args.diagonal_examples <= args.curvature_examples:
+        parser.error(f"--diagonal-examples must be 1 to --curvature-examples "
+                     f"({args.curvature_examples}), got {args.diagonal_examples}")
     (x_train, y_train), _ = mnist(args.data)
     images = (x_train[:args.train] / 255.0).astype("float32")
     labels = y_train[:args.train].astype("int32")
@@ -278,7 +297,7 @@ def main():
     # hour, and a run stopped part way keeps what it measured. --resume reuses the rows there
     # that were measured with the same settings.
     settings = {key: value for key, value in vars(args).items()
-                if key not in ("models", "resume")}
+                if key not in ("models", "resume", "processes")}
     done = {}
     if args.resume and ROWS.exists():
         for line in ROWS.read_text().splitlines():
@@ -288,25 +307,26 @@ def main():
     elif ROWS.exists():
         ROWS.unlink()
     RESULTS.mkdir(exist_ok=True)
-    rows = []
+    pending = []
     for model_name in args.models:
         flat = images.reshape(args.train, -1)
         if model_name == "lenet5":
             flat = np.pad(images, ((0, 0), (2, 2), (2, 2))).reshape(args.train, -1)
         for change in MODELS[model_name][2]:
             config = {**BASELINE, **change}
-            row = done.get(row_key(model_name, config))
-            if row is None:
-                # Each row in a fresh process: the rows' dozens of compiled models and curvature
-                # graphs otherwise pile up in one process (the kernel killed a run at 24 GB).
-                with multiprocessing.get_context("spawn").Pool(1) as pool:
-                    row = pool.apply(configuration_row,
-                                     (model_name, config, flat, labels, args))
-                with ROWS.open("a") as rows_file:
-                    rows_file.write(json.dumps({"settings": settings, "row": row}) + "\n")
-            rows.append(row)
+            if row_key(model_name, config) not in done:
+                pending.append((model_name, config, flat, labels, args))
+    # Each row in a fresh process (one task per worker): the rows' dozens of compiled models and
+    # curvature graphs otherwise pile up in one process (the kernel killed a run at 24 GB).
+    with multiprocessing.get_context("spawn").Pool(args.processes, maxtasksperchild=1) as pool:
+        for row in pool.imap_unordered(configuration_row_of, pending):
+            done[row_key(row["model"], row["config"])] = row
+            with ROWS.open("a") as rows_file:
+                rows_file.write(json.dumps({"settings": settings, "row": row}) + "\n")
             print(name_of(row), row["initial"]["largest"], row["initial"]["ratio_100"],
                   row["seeds"], row["sdlm_speedup"], flush=True)
+    rows = [done[row_key(model_name, {**BASELINE, **change})]
+            for model_name in args.models for change in MODELS[model_name][2]]
     linear = linear_model_rows(images.reshape(args.train, -1), args)
     write("conditioning", {"environment": environment(), "settings": vars(args),
                            "configurations": rows, "linear_model": linear},
@@ -316,7 +336,8 @@ def main():
 
 def markdown(rows, linear, args):
     lines = ["# Conditioning study (784-100-100-10 MLP and LeNet-5, MNIST)", "",
-             f"{args.train} images; Gauss-Newton spectrum on {args.curvature_examples}; target "
+             f"{args.train} images; Gauss-Newton spectrum on {args.curvature_examples} (mean "
+             f"diagonals on {args.diagonal_examples}); target "
              f"training loss {args.target}; up to {args.epochs} epochs of batch 32; each grid "
              f"tuned on seed 0, its best setting run on {args.seeds} seeds (epochs per seed; "
              f"speed-up: ratio of the mean epochs, range over seeds). Generated by "
