@@ -19,9 +19,12 @@ them. K-FAC and Adam are one group, so they are always measured in the same sitt
 - `kfac_adam`: Adam's learning rate (best of `ADAM_RATES`, each trained `--pilot-seconds` and
   judged by the training error on 10000 images), then K-FAC and Adam for `--minutes` each, then
   the cost of a K-FAC step in plain gradients at K-FAC's batch size (`step_costs`). Each in its
-  faster mode on this CPU: K-FAC with XLA (`--jit-compile`; a step's median fell from 0.42 s
-  in graph mode to 0.35 s), Adam in graph mode (`--adam-jit-compile`; with XLA its training
-  error at 5 minutes was 3.60, against 3.08 in graph mode).
+  faster mode on this CPU, graph mode (`--jit-compile`, `--adam-jit-compile`). K-FAC's median
+  step is the same with XLA (0.40 s at batch 2000, 2026-12-04), but XLA's step that refreshes
+  the inverses (every 5th; Cholesky factorizations inside a `tf.cond`) took 1.09 s against
+  0.58 s in graph mode: a mean step of 0.565 s against 0.470 s. (An earlier session chose XLA
+  by the median step, which leaves the refresh out.) With XLA, Adam's training error at 5
+  minutes was 3.60, against 3.08 in graph mode.
 - `nesterov`: SGD with Nesterov momentum 0.99, its rate the best of `NESTEROV_RATES` likewise.
 - `hessian_free`: HessianFree with Martens' defaults (lambda 45, 5e-4 stopping rule, curvature
   and preconditioner on a quarter of each batch) except CG capped at `--hf-cg` (Martens: 250) on
@@ -250,17 +253,21 @@ def step_costs(args, images):
     The plain gradient is a `fit` step of SGD with rate 0 (gradient and a trivial update); the
     K-FAC steps are `fit` steps too, timed over a multiple of the inverse period so that their
     mean includes the amortized inverse refresh: at `--kfac-curvature-fraction`, and adaptive
-    with the curvature on the whole batch for comparison. `invert` is the refresh alone.
+    with the curvature on the whole batch for comparison, and adaptive with XLA (whose refresh
+    step costs more than graph mode's). `invert` is the refresh alone.
     """
-    models = {"gradient": keras.optimizers.SGD(0.0),
-              "kfac_adaptive": kfac(args),
-              "kfac_fixed_rate": kfac(args, learning_rate=1e-3, momentum=0.9),
-              "kfac_adaptive_whole_batch": kfac(args, curvature_fraction=1.0)}
+    models = {"gradient": (keras.optimizers.SGD(0.0), args.jit_compile),
+              "kfac_adaptive": (kfac(args), args.jit_compile),
+              "kfac_fixed_rate": (kfac(args, learning_rate=1e-3, momentum=0.9),
+                                  args.jit_compile),
+              "kfac_adaptive_whole_batch": (kfac(args, curvature_fraction=1.0),
+                                            args.jit_compile),
+              "kfac_adaptive_xla": (kfac(args), True)}
     steps = {}
-    for name, optimizer in models.items():
+    for name, (optimizer, jit_compile) in models.items():
         model = autoencoder()
         model.compile(optimizer, "binary_crossentropy", loss_weights=[784.0],
-                      jit_compile=args.jit_compile)
+                      jit_compile=jit_compile)
         steps[name] = lambda model=model: model.train_on_batch(images, images)
     model = autoencoder()
     model.compile("sgd", "binary_crossentropy", loss_weights=[784.0])
@@ -272,7 +279,8 @@ def step_costs(args, images):
     costs = {name: {"median": statistics.median(values), "mean": statistics.fmean(values)}
              for name, values in times.items()}
     gradient = costs["gradient"]["median"]
-    for name in ("kfac_adaptive", "kfac_fixed_rate", "kfac_adaptive_whole_batch"):
+    for name in ("kfac_adaptive", "kfac_fixed_rate", "kfac_adaptive_whole_batch",
+                 "kfac_adaptive_xla"):
         costs[name]["gradients"] = costs[name]["mean"] / gradient
     costs["invert"]["amortized"] = costs["invert"]["median"] / args.kfac_inverse_period
     costs["invert"]["share_of_step"] = (costs["invert"]["amortized"]
@@ -399,7 +407,8 @@ def markdown(stored, args):
             "error on 10000 images).",
             "",
             f"Cost of a step at K-FAC's batch ({group['settings']['kfac_batch']}), "
-            "`fit` steps on one batch, interleaved: plain gradient (SGD, rate 0) "
+            f"`fit` steps on one batch (jit_compile={group['settings']['jit_compile']} but "
+            "where said), interleaved: plain gradient (SGD, rate 0) "
             f"{costs['gradient']['median']:.3f} s; K-FAC adaptive (mean over a multiple of the "
             f"inverse period) {costs['kfac_adaptive']['mean']:.3f} s = "
             f"{costs['kfac_adaptive']['gradients']:.2f} gradients; K-FAC with a fixed rate and "
@@ -409,6 +418,9 @@ def markdown(stored, args):
                "adaptive with the curvature on the whole batch "
                f"{costs['kfac_adaptive_whole_batch']['mean']:.3f} s = "
                f"{costs['kfac_adaptive_whole_batch']['gradients']:.2f} gradients; ")
+            + ("" if "kfac_adaptive_xla" not in costs else
+               f"adaptive with XLA {costs['kfac_adaptive_xla']['mean']:.3f} s = "
+               f"{costs['kfac_adaptive_xla']['gradients']:.2f} gradients; ")
             + "the inverse refresh "
             f"{costs['invert']['median']:.3f} s, amortized {costs['invert']['amortized']:.3f} s "
             f"= {100 * costs['invert']['share_of_step']:.1f}% of the adaptive step.",
@@ -457,8 +469,9 @@ def main():
     parser.add_argument("--kfac-pilots", nargs="+", default=["2000:1", "2000:0.25", "4000:0.25"],
                         help="batch:curvature_fraction of each pilot")
     parser.add_argument("--kfac-pilot-minutes", type=float, default=4.0)
-    parser.add_argument("--jit-compile", type=jit_setting, default=True,
-                        help="XLA for K-FAC: true, false or auto")
+    parser.add_argument("--jit-compile", type=jit_setting, default=False,
+                        help="XLA for K-FAC: true, false (graph mode, its faster mode on this "
+                             "CPU) or auto")
     parser.add_argument("--adam-jit-compile", type=jit_setting, default=False,
                         help="XLA for Adam (false: graph mode, its faster mode on this CPU)")
     parser.add_argument("--hf-batch", type=int, default=2000)
