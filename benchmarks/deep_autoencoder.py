@@ -19,12 +19,14 @@ them. K-FAC and Adam are one group, so they are always measured in the same sitt
 - `kfac_adam`: Adam's learning rate (best of `ADAM_RATES`, each trained `--pilot-seconds` and
   judged by the training error on 10000 images), then K-FAC and Adam for `--minutes` each, then
   the cost of a K-FAC step in plain gradients at K-FAC's batch size (`step_costs`). Each in its
-  faster mode on this CPU, graph mode (`--jit-compile`, `--adam-jit-compile`). K-FAC's median
-  step is the same with XLA (0.40 s at batch 2000, 2026-12-04), but XLA's step that refreshes
-  the inverses (every 5th; Cholesky factorizations inside a `tf.cond`) took 1.09 s against
-  0.58 s in graph mode: a mean step of 0.565 s against 0.470 s. (An earlier session chose XLA
-  by the median step, which leaves the refresh out.) With XLA, Adam's training error at 5
-  minutes was 3.60, against 3.08 in graph mode.
+  faster mode on this CPU, graph mode (`--jit-compile`, `--adam-jit-compile`). At curvature
+  fraction 0.25, K-FAC's median step is the same with XLA (0.40 s at batch 2000, 2026-12-04),
+  but XLA's step that refreshes the inverses (every 5th; Cholesky factorizations inside a
+  `tf.cond`) took 1.09 s against 0.58 s in graph mode: a mean step of 0.565 s against 0.470 s.
+  (An earlier session chose XLA by the median step, which leaves the refresh out.) With the
+  curvature on the whole batch the two modes' mean steps were level in `step_costs` (XLA
+  0.875 s, graph 0.877 and 0.929 s). With XLA, Adam's training error at 5 minutes was 3.60,
+  against 3.08 in graph mode.
 - `nesterov`: SGD with Nesterov momentum 0.99, its rate the best of `NESTEROV_RATES` likewise.
 - `hessian_free`: HessianFree with Martens' defaults (lambda 45, 5e-4 stopping rule, curvature
   and preconditioner on a quarter of each batch) except CG capped at `--hf-cg` (Martens: 250) on
