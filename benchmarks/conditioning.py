@@ -327,14 +327,15 @@ def main():
     elif ROWS.exists():
         ROWS.unlink()
     RESULTS.mkdir(exist_ok=True)
-    pending = []
+    keys, pending = [], []  # Every row's key in the table's order; the rows to measure.
     for model_name in args.models:
         flat = images.reshape(args.train, -1)
         if model_name == "lenet5":
             flat = np.pad(images, ((0, 0), (2, 2), (2, 2))).reshape(args.train, -1)
         for change in MODELS[model_name][2]:
             config = {**BASELINE, **change}
-            if row_key(model_name, config) not in done:
+            keys.append(row_key(model_name, config))
+            if keys[-1] not in done:
                 pending.append((model_name, config, flat, labels, args))
     # Each row in a fresh process (one task per worker): the rows' dozens of compiled models and
     # curvature graphs otherwise pile up in one process (the kernel killed a run at 24 GB).
@@ -345,8 +346,7 @@ def main():
                 rows_file.write(json.dumps({"settings": settings, "row": row}) + "\n")
             print(name_of(row), row["initial"]["largest"], row["initial"]["ratio_100"],
                   row["seeds"], row["sdlm_speedup"], flush=True)
-    rows = [done[row_key(model_name, {**BASELINE, **change})]
-            for model_name in args.models for change in MODELS[model_name][2]]
+    rows = [done[key] for key in keys]
     linear = linear_model_rows(images.reshape(args.train, -1), args)
     write("conditioning", {"environment": environment(), "settings": vars(args),
                            "configurations": rows, "linear_model": linear},
