@@ -522,7 +522,9 @@ def main():
     parser.add_argument("--kfac-inverse-period", type=int, default=5)
     # Both: a quarter of the batch won the 4-minute pilots (1.86 against 2.08, its step 0.37 s
     # against 0.62 s) but trailed the whole batch from 10 minutes on (1.49 against 1.44 at 15)
-    # on 2026-12-03. The first is the one whose step costs are measured.
+    # on 2026-12-03, before the penalty's curvature was in the blocks; after it, the quarter
+    # led at 5, 10 and 15 minutes (1.41 against 1.61 at 15, 2026-12-04). The first fraction is
+    # the one whose step costs are measured.
     parser.add_argument("--kfac-curvature-fractions", type=float, nargs="+",
                         default=[0.25, 1.0])
     parser.add_argument("--kfac-pilots", nargs="+", default=["2000:1", "2000:0.25", "4000:0.25"],
