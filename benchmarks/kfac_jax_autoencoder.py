@@ -58,9 +58,14 @@ def loss(params, x):
     return jnp.mean(cross_entropy) + L2 * sum(jnp.sum(kernel**2) for kernel, _ in params)
 
 
+@jax.jit
+def summed_squared_error(params, images):
+    return jnp.sum(jnp.square(jax.nn.sigmoid(logits(params, images)) - images))
+
+
 def squared_error(params, images):
-    summed = jax.jit(lambda p, x: jnp.sum(jnp.square(jax.nn.sigmoid(logits(p, x)) - x)))
-    return sum(float(summed(params, images[i:i + 5000]))
+    """Per-image squared reconstruction error, in chunks of 5000 images (compiled once)."""
+    return sum(float(summed_squared_error(params, images[i:i + 5000]))
                for i in range(0, len(images), 5000)) / len(images)
 
 
@@ -75,8 +80,9 @@ def main():
     args = parser.parse_args()
     start = np.load(args.start)
     train, test = start["x_train"], start["x_test"]
+    layers = sum(name.startswith("kernel_") for name in start.files)
     params = [(jnp.asarray(start[f"kernel_{i}"]), jnp.asarray(start[f"bias_{i}"]))
-              for i in range(len([k for k in start.files if k.startswith("kernel_")]))]
+              for i in range(layers)]
     optimizer = kfac_jax.Optimizer(
         value_and_grad_func=jax.value_and_grad(loss), l2_reg=2 * L2,
         use_adaptive_learning_rate=True, use_adaptive_momentum=True, use_adaptive_damping=True,
@@ -100,6 +106,7 @@ def main():
         curve.append((elapsed, values))
         print(f"  {elapsed:7.1f} s  {values}", flush=True)
 
+    sitting = time.strftime("%Y-%m-%d %H:%M")  # When it starts, as deep_autoencoder.py's.
     measure(0.0)
     clock, paused, next_eval = time.perf_counter(), 0.0, args.eval_every
     state = first_step = None
@@ -132,7 +139,7 @@ def main():
         begin = time.perf_counter()
         jax.block_until_ready(gradient(params, batch))
         times.append(time.perf_counter() - begin)
-    result = {"sitting": time.strftime("%Y-%m-%d %H:%M"), "kfac_jax": kfac_jax.__version__,
+    result = {"sitting": sitting, "kfac_jax": kfac_jax.__version__,
               "jax": jax.__version__, "batch_size": args.batch, "steps": steps,
               "step_seconds": step_seconds, "gradient_seconds": statistics.median(times),
               "gradients_per_step": step_seconds / statistics.median(times),
