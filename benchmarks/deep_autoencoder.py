@@ -166,7 +166,8 @@ def train(build, optimizer, data, batch_size, seconds, every, measure, loss, los
     model.compile(optimizer, loss, loss_weights=loss_weights, jit_compile=jit_compile)
     clock = WallClock(seconds, every, measure, keys, count_first_step)
     batches, steps_per_epoch = shuffled_batches(data, batch_size)
-    model.fit(batches, steps_per_epoch=steps_per_epoch, epochs=100000, verbose=0,
+    # shuffle=False: `batches` shuffles itself (Keras warns that it ignores shuffle=True).
+    model.fit(batches, steps_per_epoch=steps_per_epoch, epochs=100000, verbose=0, shuffle=False,
               callbacks=[clock])
     return clock
 

@@ -145,8 +145,9 @@ def main():
                                           scale=args.lr_scale, every_n_epochs=1,
                                           max_increase=args.max_increase, tol=1e-2, verbose=0))
     start = time.perf_counter()
+    # shuffle=False: `train` reshuffles itself every epoch (Keras warns it ignores shuffle=True).
     history = model.fit(train, epochs=args.epochs, validation_data=test, verbose=2,
-                        callbacks=callbacks).history
+                        shuffle=False, callbacks=callbacks).history
     train_seconds = time.perf_counter() - start
     conv_error = 1.0 - history["val_accuracy"][-1]
     if not math.isfinite(history["loss"][-1]) or conv_error > 0.5:
