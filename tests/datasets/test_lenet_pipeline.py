@@ -14,6 +14,7 @@ from keras_secondorder.datasets import (
     distort,
     elastic_distortion,
     lenet_preprocess,
+    mnist,
     mnist_dataset,
     random_affine,
 )
@@ -102,6 +103,18 @@ def test_distortions_keep_labels_and_shapes_and_follow_the_seed(distortions):
         np.testing.assert_array_equal(xd, xa)  # Same seed, same distortions.
     other = batches(distortions, seed=1)
     assert not np.array_equal(other[0][0], distorted[0][0])
+
+
+@needs_mnist
+def test_training_split_reshuffles_every_epoch():
+    # `fit(shuffle=False)` in the demo relies on it: each epoch is a new permutation of the images.
+    dataset = mnist_dataset("train", 64, limit=256)
+    (_, file_labels), _ = mnist()
+    epochs = [np.concatenate([y.numpy() for _, y in dataset]) for _ in range(2)]
+    for labels in epochs:
+        np.testing.assert_array_equal(np.sort(labels), np.sort(file_labels[:256]))
+    assert not np.array_equal(epochs[0], file_labels[:256])
+    assert not np.array_equal(epochs[0], epochs[1])
 
 
 @needs_mnist
