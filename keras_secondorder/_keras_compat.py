@@ -182,14 +182,21 @@ def layers_in_variable_dtype(model):
     variable-dtype policy; layers without mixed precision are left alone.
     """
     with contextlib.ExitStack() as stack:
-        for layer in all_layers(model, include_self=True):
-            policy = layer._dtype_policy
-            if (type(policy) is keras.DTypePolicy  # Not a per-path map, not a quantized policy.
-                    and policy.compute_dtype != policy.variable_dtype):
-                stack.enter_context(_shared_setattr(layer, "_dtype_policy",
-                                                    keras.DTypePolicy(policy.variable_dtype)))
+        for layer in mixed_precision_layers(model):
+            stack.enter_context(_shared_setattr(
+                layer, "_dtype_policy", keras.DTypePolicy(layer._dtype_policy.variable_dtype)))
         yield
 
+
+def mixed_precision_layers(model):
+    """The layers of `model` (itself included) that compute in another dtype than their variables.
+
+    Only plain `keras.DTypePolicy` ones (`"mixed_float16"`, `"mixed_bfloat16"`): not per-path
+    maps, not quantized policies.
+    """
+    return [layer for layer in all_layers(model, include_self=True)
+            if type(layer._dtype_policy) is keras.DTypePolicy
+            and layer._dtype_policy.compute_dtype != layer._dtype_policy.variable_dtype]
 
 
 _interceptions = threading.local()  # .current: (ids of the intercepted layers, intercept)

@@ -180,3 +180,52 @@ def test_mixed_float16_takes_curvature_in_float32():
     assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
     assert all(h.dtype == "float32" for h in optimizer._curvatures)
     assert history["loss"][-1] < history["loss"][0] and history["skipped_steps"][-1] == 0
+
+
+class _ObjectiveProbe(ks.optimizers.CurvatureOptimizer):
+    """Keeps, each step, the step's loss and gradient beside the bound curvature's own."""
+
+    def __init__(self):
+        super().__init__(learning_rate=0.0, name="objective_probe")
+
+    def build(self, variables):
+        super().build(variables)
+        self.gap = {name: self.add_scalar(name) for name in ("loss", "gradient", "recomputed")}
+
+    def curvature_step(self, curvature, gradients, variables, learning_rate):
+        objective = curvature.objective
+        value, gradient = objective.gradient(objective.params(), curvature.batch)
+        gaps = {"loss": tf.abs(curvature.loss() - value),
+                "gradient": tf.reduce_max([tf.reduce_max(tf.abs(g - h))
+                                           for g, h in zip(gradients, gradient, strict=True)]),
+                "recomputed": tf.abs(curvature.loss() - objective.value(objective.params(),
+                                                                        curvature.batch))}
+        for name, gap in gaps.items():
+            self.gap[name].assign(tf.cast(gap, "float32"))
+
+
+def _check_step_objective(dtype, tolerance):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="tanh",
+                                kernel_regularizer=keras.regularizers.L2(1e-2))(inputs)
+    hidden = keras.layers.Dropout(0.5)(keras.layers.BatchNormalization()(hidden))
+    model = ks.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden))
+    probe = _ObjectiveProbe()
+    model.compile(probe, "sparse_categorical_crossentropy")
+    for start in (0, 16, 32):
+        model.train_on_batch(X[start:start + 16].astype(dtype), Y[start:start + 16])
+        for name, gap in probe.gap.items():
+            assert float(gap) <= tolerance, (name, float(gap))
+
+
+# Dropout draws its masks from a seed state the train step's forward pass advances: the
+# curvature pins the state from before that pass, so that its objective (masks, batch statistics,
+# regularizers) is the one the step's gradient and loss were taken of, and `loss()` returns the
+# step's own loss, not a second forward pass's.
+def test_the_step_curvature_is_the_objective_of_its_gradient_dropout_masks_included():
+    _check_step_objective("float32", 1e-6)
+
+
+def test_the_step_curvature_is_the_objective_of_its_gradient_in_float64(float64):
+    _check_step_objective("float64", 1e-13)

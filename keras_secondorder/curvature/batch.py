@@ -6,7 +6,7 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_secondorder._keras_compat import all_layers
+from keras_secondorder._keras_compat import all_layers, mixed_precision_layers
 from keras_secondorder.curvature import kinds, kronecker
 from keras_secondorder.curvature.diagonal import batch_diagonal
 from keras_secondorder.curvature.ggn import gauss_newton_matrix, gauss_newton_quadratic_forms
@@ -50,7 +50,21 @@ class BatchCurvature:
 
     def __init__(self, model, data, variables=None, loss=None):
         self.objective = Objective(model, loss=loss, variables=variables, training=True)
+        # Read before the train step's forward pass advances the dropout seeds: the curvature
+        # is that of the objective the step's gradient is taken of, dropout masks included.
+        self.objective.pin_state()
         self.batch = as_batch(tuple(data))
+        self._training_loss = None
+
+    def record_training_loss(self, value):
+        """Keeps the train step's own loss on this batch, which `loss()` then returns.
+
+        The train step's forward pass already evaluated the objective at the current weights
+        (a forward pass over the batch saved on each damping adaptation). Not kept for mixed
+        precision, where the curvature's objective runs in float32 and the step's in float16.
+        """
+        if not mixed_precision_layers(self.model):
+            self._training_loss = value
 
     @property
     def model(self):
@@ -84,12 +98,15 @@ class BatchCurvature:
                 fraction * tf.cast(batch_size(self.batch), tf.float64)), tf.int32))
             count = count if limit is None else tf.minimum(count, limit)
         head = copy.copy(self)  # The same objective on part of the batch.
+        head._training_loss = None
         head.batch = Batch(*(None if part is None else tf.nest.map_structure(
             lambda t: t[:count], part) for part in self.batch))
         return head
 
     def loss(self, offset=None, sum_over_replicas=True):
         """The objective on this batch at the weights plus `offset` (shaped like the variables)."""
+        if offset is None and self._training_loss is not None:
+            return self._result([self._training_loss], sum_over_replicas)[0]
         params = self.objective.params()
         if offset is not None:
             params = [p + o for p, o in zip(params, self.objective.check_vector(offset),

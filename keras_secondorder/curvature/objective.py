@@ -84,9 +84,10 @@ class Objective:
 
     It is evaluated with `model.stateless_call` and `model.stateless_compute_loss`, so nothing is
     ever assigned to the model's variables: BatchNorm moving statistics and the dropout seed state
-    stay as they are. Dropout masks are drawn from the current seed state, so every evaluation
-    sees the same masks; this makes products in training mode one fixed, symmetric matrix and
-    makes finite differences of gradients agree with exact products.
+    stay as they are. Dropout masks are drawn from the current seed state (or the one pinned by
+    `pin_state`), so every evaluation sees the same masks; this makes products in training mode
+    one fixed, symmetric matrix and makes finite differences of gradients agree with exact
+    products.
 
     Args:
         model: a built Keras model.
@@ -131,6 +132,7 @@ class Objective:
         self.variables = list(variables)
         self._positions = [positions[id(variable)] for variable in self.variables]
         self.dtype = tf.as_dtype(self.variables[0].dtype)
+        self._state = None  # The non-trainable values, once pinned (`pin_state`).
 
     @property
     def shapes(self):
@@ -244,7 +246,19 @@ class Objective:
             values[position] = value
         return values
 
+    def pin_state(self):
+        """Evaluates from now on with the non-trainable values as they are here.
+
+        The dropout seed state and BatchNorm moving statistics are read now: a train step
+        pins them before its forward pass advances them, so that the curvature is taken with
+        the dropout masks its gradient was taken with.
+        """
+        self._state = [tf.convert_to_tensor(variable.value)
+                       for variable in self.model.non_trainable_variables]
+
     def _non_trainable_values(self):
+        if self._state is not None:
+            return self._state
         return [variable.value for variable in self.model.non_trainable_variables]
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from keras_secondorder._keras_compat import has_recurrent_layer, scale_loss_for_distribution
 from keras_secondorder.curvature.output_losses import rows
-from keras_secondorder.curvature.vectors import dense_gradient, densify
+from keras_secondorder.curvature.vectors import dense_gradient, densify, dot
 
 _ZERO = tf.UnconnectedGradients.ZERO
 _ELEMENTWISE_PENALTIES = (keras.regularizers.L1, keras.regularizers.L2, keras.regularizers.L1L2)
@@ -91,7 +91,7 @@ def output_space_quadratic_forms(objective, batch, vectors, output_product):
     vectors = [objective.check_vector(vector) for vector in vectors]
     if has_recurrent_layer(objective.model):
         products = [output_space_product(objective, batch, v, output_product) for v in vectors]
-        return tf.stack([tf.stack([_dot(v, product) for product in products])
+        return tf.stack([tf.stack([dot(v, product) for product in products])
                          for v in vectors])
     params = objective.params()
     outputs, penalties = [], []
@@ -106,7 +106,7 @@ def output_space_quadratic_forms(objective, batch, vectors, output_product):
         row = []
         for jw, penalty in zip(outputs, penalties, strict=True):
             form = tf.reduce_sum(jv * output_product(output_loss, batch, z, jw))
-            row.append(form if penalty is None else form + _dot(vector, penalty))
+            row.append(form if penalty is None else form + dot(vector, penalty))
         rows_of_forms.append(tf.stack(row))
     return tf.stack(rows_of_forms)
 
@@ -122,10 +122,10 @@ def _double_backward_product(objective, batch, params, vector, output_product):
         dummy = tf.zeros_like(z)
         tape.watch(dummy)
         pulled_back = dense_gradient(tape, z, params, output_gradients=dummy)  # Jᵀ u
-        directional = _dot(pulled_back, vector)
+        directional = dot(pulled_back, vector)
         regularization_directional = (
             None if regularization is None
-            else _dot(dense_gradient(tape, regularization, params), vector))
+            else dot(dense_gradient(tape, regularization, params), vector))
     jz = tape.gradient(directional, dummy, unconnected_gradients=_ZERO)  # J v
     cjz = output_product(output_loss, batch, z, jz)  # C J v
     result = dense_gradient(tape, z, params, output_gradients=cjz)  # Jᵀ C J v
@@ -192,10 +192,6 @@ def per_example_factor_gradients(objective, batch, factors, chunk_size):
         return [densify(g, p) for g, p in zip(per_example, params, strict=True)]
 
     return FactorGradients(chunks, of_chunk, len(losses))
-
-
-def _dot(first, second):
-    return tf.add_n([tf.reduce_sum(a * b) for a, b in zip(first, second, strict=True)])
 
 
 def penalty_diagonal(objective, params, num_losses):

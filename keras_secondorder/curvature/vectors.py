@@ -8,6 +8,11 @@ def flatten(tensors):
     return tf.concat([tf.reshape(tensor, [-1]) for tensor in tensors], axis=0)
 
 
+def dot(first, second):
+    """`Σ_i <first_i, second_i>`: the inner product of two lists of tensors shaped alike."""
+    return tf.add_n([tf.reduce_sum(a * b) for a, b in zip(first, second, strict=True)])
+
+
 def unflatten(vector, shapes):
     """Splits a flat vector (last axis) into tensors of the given shapes: inverse of `flatten`."""
     shapes = [tf.TensorShape(shape) for shape in shapes]

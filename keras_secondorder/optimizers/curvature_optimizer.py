@@ -156,6 +156,14 @@ class CurvatureOptimizer(keras.optimizers.Optimizer):
             lambda counter, finite: counter.assign_add(1.0 - tf.cast(finite, counter.dtype)),
             args=(finite,), group=False)
 
+    def scale_loss(self, loss):
+        # Keras's train step hands its loss here: the bound batch's objective at the current
+        # weights, which the step need not evaluate again.
+        curvature = self._bound_curvature()
+        if curvature is not None:
+            curvature.record_training_loss(loss)
+        return super().scale_loss(loss)
+
     def update_step(self, gradient, variable, learning_rate):
         raise ValueError(_MISSING_CURVATURE.format(name=type(self).__name__))
 

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from keras_secondorder._validation import integer, number, one_of, positive_int
 from keras_secondorder.curvature import kronecker
-from keras_secondorder.curvature.vectors import flatten, scalar, unflatten
+from keras_secondorder.curvature.vectors import dot, scalar
 from keras_secondorder.optimizers.curvature_optimizer import (
     CurvatureOptimizer,
     with_base_keyword_docs,
@@ -190,7 +190,6 @@ class KFAC(CurvatureOptimizer):
 
     def curvature_step(self, curvature, gradients, variables, learning_rate):
         dtype = gradients[0].dtype
-        shapes = [tuple(v.shape) for v in variables]
         step = tf.cast(self.iterations, tf.int64)
         seed = tf.stack([tf.constant(self.seed, tf.int64), step])
         # The factors and the quadratic model's curvature on the head of the batch.
@@ -207,58 +206,52 @@ class KFAC(CurvatureOptimizer):
             lambda: kronecker.factor_tensors(kronecker.invert(
                 self._factors([s / weight for s in sums]), damping)),
             lambda: [tf.convert_to_tensor(s) for s in self._inverses])
-        gradient = flatten(gradients)
-        proposal = -flatten(kronecker.apply(self._factors(inverses), gradients))
-        previous = flatten([tf.convert_to_tensor(p) for p in self._previous_updates])
-
-        def quadratic_forms(vectors):
-            return head.gauss_newton_quadratic_forms([unflatten(v, shapes) for v in vectors])
-
+        proposal = [-p for p in kronecker.apply(self._factors(inverses), gradients)]
+        previous = [tf.convert_to_tensor(p) for p in self._previous_updates]
         if self.adaptive:
-            coefficients = step_coefficients(gradient, proposal, previous, quadratic_forms,
-                                             damping)
+            coefficients = step_coefficients(gradients, proposal, previous,
+                                             head.gauss_newton_quadratic_forms, damping)
             rate, momentum = coefficients.learning_rate, coefficients.momentum
         else:
             rate = tf.cast(learning_rate, dtype)
             momentum = scalar(self.momentum or 0.0, dtype)
             if self.kl_clip is not None:
-                rate = clipped_rate(rate, -tf.reduce_sum(gradient * proposal),
-                                    scalar(self.kl_clip, dtype))
-        update = rate * proposal + momentum * previous
+                rate = clipped_rate(rate, -dot(gradients, proposal), scalar(self.kl_clip, dtype))
+        update = [rate * p + momentum * q for p, q in zip(proposal, previous, strict=True)]
         adapt = (step + 1) % self.damping_period == 0
-        rho, new_damping = self._adapted_damping(curvature, head, adapt, update, gradient,
-                                                 shapes, damping, None if not self.adaptive
+        rho, new_damping = self._adapted_damping(curvature, head, adapt, update, gradients,
+                                                 damping, None if not self.adaptive
                                                  else coefficients.predicted_change)
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
-                                for t in [gradient, update, *sums]])
+                                for t in [*gradients, *update, *sums]])
         tf.distribute.get_replica_context().merge_call(
-            self._apply, args=(variables, unflatten(update, shapes), sums, weight, inverses,
-                               refresh, rho, new_damping, rate, momentum, finite))
+            self._apply, args=(variables, update, sums, weight, inverses, refresh, rho,
+                               new_damping, rate, momentum, finite))
 
-    def _adapted_damping(self, curvature, head, adapt, update, gradient, shapes, damping,
-                         predicted):
+    def _adapted_damping(self, curvature, head, adapt, update, gradients, damping, predicted):
         """`(rho, λ)` after this step: Levenberg-Marquardt on the damping steps, else as is.
 
         rho compares the objective's change over the step on the batch (`curvature`) with the
         quadratic model's `M(δ)` (its curvature on `head`); it takes one more forward pass
-        (and, with a fixed rate, one product), only then.
+        (and, with a fixed rate, one product), only then: the objective at the current
+        weights is the train step's own loss.
         """
-        offset = unflatten(update, shapes)
+        dtype = gradients[0].dtype
 
         def measure():
-            change = (curvature.loss(offset, sum_over_replicas=False)
+            change = (curvature.loss(update, sum_over_replicas=False)
                       - curvature.loss(sum_over_replicas=False))
-            values = [tf.cast(change, gradient.dtype)]
+            values = [tf.cast(change, dtype)]
             if predicted is None:  # ½ δᵀ C δ, summed over the replicas with the change.
                 values.append(0.5 * head.gauss_newton_quadratic_forms(
-                    [offset], sum_over_replicas=False)[0, 0])
+                    [update], sum_over_replicas=False)[0, 0])
             return values
 
-        zeros = [tf.zeros((), gradient.dtype)] * (1 if predicted is not None else 2)
+        zeros = [tf.zeros((), dtype)] * (1 if predicted is not None else 2)
         measured = curvature.sum_over_replicas_if(adapt, measure, zeros)
         if predicted is None:
-            predicted = (measured[1] + tf.reduce_sum(gradient * update)
-                         + 0.5 * damping * tf.reduce_sum(update * update))
+            predicted = (measured[1] + dot(gradients, update)
+                         + 0.5 * damping * dot(update, update))
         rho = measured[0] / predicted
         adjusted = adjust_damping(damping, rho, 1.0 / self.damping_decay, self.damping_decay,
                                   self.min_damping)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from keras_secondorder.curvature.vectors import scalar
+from keras_secondorder.curvature.vectors import dot, scalar
 
 
 class StepCoefficients(NamedTuple):
@@ -36,7 +36,7 @@ class StepCoefficients(NamedTuple):
 
 
 def step_coefficients(gradient, update, previous, quadratic_forms, damping):
-    """`α, μ = argmin M(α Δ + μ δ₀)` and the model's value there, on flat vectors.
+    """`α, μ = argmin M(α Δ + μ δ₀)` and the model's value there.
 
     ```
     [Δᵀ(C + λ)Δ    Δᵀ(C + λ)δ₀ ] [α]     [gᵀΔ ]
@@ -45,6 +45,8 @@ def step_coefficients(gradient, update, previous, quadratic_forms, damping):
 
     With no previous update (`δ₀ = 0`: the first step, or after a rejected one) the system is
     the 1x1 one, `μ = 0`, `α = -gᵀΔ / Δᵀ(C + λ)Δ`.
+
+    Vectors are lists of tensors shaped like the variables.
 
     Args:
         gradient: `g`.
@@ -59,13 +61,14 @@ def step_coefficients(gradient, update, previous, quadratic_forms, damping):
     Returns:
         `StepCoefficients`.
     """
-    damping = scalar(damping, gradient.dtype)
+    damping = scalar(damping, gradient[0].dtype)
     forms = quadratic_forms([update, previous])
-    m11 = forms[0, 0] + damping * tf.reduce_sum(update * update)
-    m12 = forms[0, 1] + damping * tf.reduce_sum(update * previous)
-    m22 = forms[1, 1] + damping * tf.reduce_sum(previous * previous)
-    has_previous = tf.reduce_any(tf.not_equal(previous, 0.0))
-    b1, b2 = tf.reduce_sum(gradient * update), tf.reduce_sum(gradient * previous)
+    squared_previous = dot(previous, previous)
+    m11 = forms[0, 0] + damping * dot(update, update)
+    m12 = forms[0, 1] + damping * dot(update, previous)
+    m22 = forms[1, 1] + damping * squared_previous
+    has_previous = squared_previous > 0
+    b1, b2 = dot(gradient, update), dot(gradient, previous)
     determinant = m11 * m22 - m12 * m12
     # A (numerically) singular system: Δ and δ₀ parallel, or δ₀ = 0; then along Δ alone.
     pair = has_previous & (determinant > 1e-12 * tf.abs(m11 * m22))

@@ -17,12 +17,12 @@ def problem(size=10):
 def coefficients(curvature, gradient, update, previous, damping):
     matrix = tf.constant(curvature)
 
-    def quadratic_forms(vectors):
-        stacked = tf.stack(vectors, axis=1)
+    def quadratic_forms(vectors):  # Each vector a one-tensor list.
+        stacked = tf.stack([vector for vector, in vectors], axis=1)
         return tf.transpose(stacked) @ matrix @ stacked
 
-    return step_coefficients(tf.constant(gradient), tf.constant(update), tf.constant(previous),
-                             quadratic_forms, damping)
+    return step_coefficients([tf.constant(gradient)], [tf.constant(update)],
+                             [tf.constant(previous)], quadratic_forms, damping)
 
 
 def model(curvature, gradient, damping, step):
