@@ -124,8 +124,9 @@ def main():
         f"SDLM-scaled Hessian (PowerMethodLR, re-estimated every epoch, each estimate at most "
         f"{first['max_increase']:g} times the last) times a cosine decay, "
         f"weight decay {first['weight_decay']:g}; SVM (RBF, C chosen from "
-        f"{', '.join(f'{c:g}' for c in first['svm_c_grid'])} by 3-fold cross-validation) on the "
-        f"standardized F6 features of {first['svm_samples']} training images. Test errors in %, "
+        f"{', '.join(f'{c:g}' for c in first['svm_c_grid'])} by 3-fold cross-validation on "
+        f"the first {first.get('svm_cv_samples', first['svm_samples'])}) on the standardized F6 "
+        f"features of {first['svm_samples']} training images. Test errors in %, "
         f"seeds {', '.join(map(str, args.seeds))}; times are medians. "
         f"{environment()['cpus']} CPU cores.\n\n"
         + "\n".join(rows) + "\n")
