@@ -308,7 +308,7 @@ def step_costs(args, images):
     factors = BatchCurvature(model, (images, images)).kronecker_factors()
     invert = tf.function(lambda: kronecker.factor_tensors(kronecker.invert(factors, 1.0)))
     steps["invert"] = lambda: [t.numpy() for t in invert()]
-    times = interleaved_times(steps, runs=4 * args.kfac_inverse_period,
+    times = interleaved_times(steps, runs=args.cost_periods * args.kfac_inverse_period,
                               warmup=args.kfac_inverse_period)
     costs = {name: {"median": statistics.median(values), "mean": statistics.fmean(values)}
              for name, values in times.items()}
@@ -487,7 +487,8 @@ def costs_paragraph(group, runs, when):
         "where said), interleaved: plain gradient (SGD, rate 0) "
         f"{costs['gradient']['median']:.3f} s; K-FAC at curvature fraction "
         f"{settings.get('kfac_curvature_fractions', [1.0])[0]:g}, adaptive (mean "
-        f"over a multiple of the inverse period) {costs['kfac_adaptive']['mean']:.3f} s = "
+        f"over {settings.get('cost_periods', 4)} inverse periods) "
+        f"{costs['kfac_adaptive']['mean']:.3f} s = "
         f"{costs['kfac_adaptive']['gradients']:.2f} gradients; K-FAC with a fixed rate and "
         f"momentum {costs['kfac_fixed_rate']['mean']:.3f} s = "
         f"{costs['kfac_fixed_rate']['gradients']:.2f} gradients; "
@@ -549,6 +550,8 @@ def main():
                              "CPU) or auto")
     parser.add_argument("--adam-jit-compile", type=jit_setting, default=False,
                         help="XLA for Adam (false: graph mode, its faster mode on this CPU)")
+    parser.add_argument("--cost-periods", type=int, default=4,
+                        help="inverse periods each step cost is averaged over (step_costs)")
     parser.add_argument("--hf-batch", type=int, default=2000)
     parser.add_argument("--hf-cg", type=int, default=50)
     parser.add_argument("--hf-min-damping", type=float, default=0.01)
