@@ -30,7 +30,8 @@ class BatchCurvature:
     `keras_secondorder.Model`'s train step binds one to the optimizer for the duration of the
     step (`CurvatureOptimizer.bind`); the optimizer asks it for what it needs, when it needs it,
     inside the same traced step. The objective is exactly the one the step's gradient is taken
-    of (`compute_loss`, sample weights, regularizers) in training mode.
+    of (`compute_loss`, sample weights, regularizers) in training mode, with the dropout masks
+    of the step's forward pass (the state is read when the curvature is made, before that pass).
 
     Under `tf.distribute`, each replica holds its share of the batch, and Keras scales each
     replica's loss by `1 / num_replicas`; every result is summed across replicas (as Keras sums
