@@ -259,7 +259,7 @@ def kfac_adam_group(args, data):
     runs[f"Adam lr={adam_rate}"] = data.run("Adam", keras.optimizers.Adam(adam_rate),
                                             SMALL_BATCH, jit_compile=adam_jit)
     return {"runs": runs, "pilots": {str(r): e for r, e in adam_pilot.items()},
-            "costs": step_costs(args, data.images[:args.kfac_batch])}
+            **step_costs_group(args, data)}
 
 
 def nesterov_group(args, data):
@@ -277,6 +277,10 @@ def hessian_free_group(args, data):
                                           min_damping=args.hf_min_damping)
     name = f"HessianFree batch {args.hf_batch} CG {args.hf_cg} min_damping {args.hf_min_damping}"
     return {"runs": {name: data.run("HessianFree", optimizer, args.hf_batch, keys=HF_KEYS)}}
+
+
+def step_costs_group(args, data):
+    return {"costs": step_costs(args, data.images[:args.kfac_batch])}
 
 
 def step_costs(args, images):
@@ -353,8 +357,7 @@ def lenet_group(args, data):
 
 
 RUNNERS = {"kfac_pilots": kfac_pilots_group, "kfac_adam": kfac_adam_group,
-           "step_costs": lambda args, data: {"costs": step_costs(
-               args, data.images[:args.kfac_batch])},
+           "step_costs": step_costs_group,
            "nesterov": nesterov_group, "hessian_free": hessian_free_group,
            "lenet": lenet_group}
 AUTOENCODER_GROUPS = ("kfac_adam", "nesterov", "hessian_free")

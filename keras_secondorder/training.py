@@ -88,7 +88,8 @@ class Model(keras.Model):
         if optimizer is None:
             return super().train_step(data)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        curvature = BatchCurvature(self, (x, y, sample_weight), self.trainable_variables)
+        curvature = BatchCurvature(self, (x, y, sample_weight), self.trainable_variables,
+                                   train_step=True)
         with optimizer.bind(curvature):
             logs = super().train_step(data)
         return {**logs, **optimizer.diagnostics()}

@@ -229,3 +229,14 @@ def test_the_step_curvature_is_the_objective_of_its_gradient_dropout_masks_inclu
 
 def test_the_step_curvature_is_the_objective_of_its_gradient_in_float64(float64):
     _check_step_objective("float64", 1e-13)
+
+
+def test_a_custom_loop_curvature_evaluates_its_own_loss():
+    # A custom loop may hand `scale_loss` another objective (extra terms, another batch): only
+    # keras_secondorder.Model's train step, whose loss is the curvature's objective, is reused.
+    model = ks.wrap(sequential())
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    curvature = ks.curvature.BatchCurvature(model, (X[:16], Y[:16]))
+    curvature.record_training_loss(tf.constant(123.0))
+    expected = keras.losses.sparse_categorical_crossentropy(Y[:16], model(X[:16]))
+    np.testing.assert_allclose(curvature.loss(), np.mean(expected), rtol=1e-6)

@@ -47,24 +47,30 @@ class BatchCurvature:
         variables: the variables the optimizer updates, in its order. Defaults to `None`: all of
             `model.trainable_variables`.
         loss: a loss to use instead of the compiled one (see `Objective`). Defaults to `None`.
+        train_step: whether `keras_secondorder.Model`'s train step made it. That step's loss,
+            which Keras hands the optimizer's `scale_loss`, is then this objective at the
+            current weights, and `loss()` reuses it (`record_training_loss`). A custom loop's
+            loss may be another objective, so it is not taken. Defaults to `False`.
     """
 
-    def __init__(self, model, data, variables=None, loss=None):
+    def __init__(self, model, data, variables=None, loss=None, train_step=False):
         self.objective = Objective(model, loss=loss, variables=variables, training=True)
         # Read before the train step's forward pass advances the dropout seeds: the curvature
         # is that of the objective the step's gradient is taken of, dropout masks included.
         self.objective.pin_state()
         self.batch = as_batch(tuple(data))
+        self._train_step = train_step
         self._training_loss = None
 
     def record_training_loss(self, value):
         """Keeps the train step's own loss on this batch, which `loss()` then returns.
 
         The train step's forward pass already evaluated the objective at the current weights
-        (a forward pass over the batch saved on each damping adaptation). Not kept for mixed
+        (a forward pass over the batch saved on each damping adaptation). Kept only from
+        `keras_secondorder.Model`'s train step (`train_step=True`), and not for mixed
         precision, where the curvature's objective runs in float32 and the step's in float16.
         """
-        if not mixed_precision_layers(self.model):
+        if self._train_step and not mixed_precision_layers(self.model):
             self._training_loss = value
 
     @property
