@@ -240,3 +240,20 @@ def test_a_custom_loop_curvature_evaluates_its_own_loss():
     curvature.record_training_loss(tf.constant(123.0))
     expected = keras.losses.sparse_categorical_crossentropy(Y[:16], model(X[:16]))
     np.testing.assert_allclose(curvature.loss(), np.mean(expected), rtol=1e-6)
+
+
+def test_a_mixed_precision_step_loss_is_not_reused():
+    # mixed_bfloat16 needs no loss scaling, so Keras hands the optimizer's own scale_loss the
+    # step's bfloat16 loss; the curvature's objective runs in float32 and must evaluate itself.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = ks.wrap(sequential())
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    curvature = ks.curvature.BatchCurvature(model, (X[:16], Y[:16]), train_step=True)
+    curvature.record_training_loss(tf.constant(123.0))
+    plain = ks.wrap(sequential())
+    plain.set_weights(model.get_weights())
+    expected = keras.losses.sparse_categorical_crossentropy(Y[:16], plain(X[:16]))
+    np.testing.assert_allclose(curvature.loss(), np.mean(expected), rtol=1e-6)
