@@ -159,14 +159,20 @@ def test_a_non_finite_batch_is_skipped_and_counted():
     assert logs["skipped_steps"] == 1.0 and np.isfinite(logs["loss"])
 
 
-def test_mixed_float16_takes_curvature_in_float32():
-    keras.config.set_dtype_policy("mixed_float16")
+def mixed_and_plain(policy):
+    """`sequential()` built under the mixed-precision `policy`, and its float32 twin."""
+    keras.config.set_dtype_policy(policy)
     try:
         mixed = ks.wrap(sequential())
     finally:
         keras.config.set_dtype_policy("float32")
     plain = ks.wrap(sequential())
     plain.set_weights(mixed.get_weights())
+    return mixed, plain
+
+
+def test_mixed_float16_takes_curvature_in_float32():
+    mixed, plain = mixed_and_plain("mixed_float16")
     for model in (mixed, plain):
         model.compile("sgd", "sparse_categorical_crossentropy")
     batch = (tf.constant(X[:16]), tf.constant(Y[:16]))
@@ -245,15 +251,9 @@ def test_a_custom_loop_curvature_evaluates_its_own_loss():
 def test_a_mixed_precision_step_loss_is_not_reused():
     # mixed_bfloat16 needs no loss scaling, so Keras hands the optimizer's own scale_loss the
     # step's bfloat16 loss; the curvature's objective runs in float32 and must evaluate itself.
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        model = ks.wrap(sequential())
-    finally:
-        keras.config.set_dtype_policy("float32")
+    model, plain = mixed_and_plain("mixed_bfloat16")
     model.compile("sgd", "sparse_categorical_crossentropy")
     curvature = ks.curvature.BatchCurvature(model, (X[:16], Y[:16]), train_step=True)
     curvature.record_training_loss(tf.constant(123.0))
-    plain = ks.wrap(sequential())
-    plain.set_weights(model.get_weights())
     expected = keras.losses.sparse_categorical_crossentropy(Y[:16], plain(X[:16]))
     np.testing.assert_allclose(curvature.loss(), np.mean(expected), rtol=1e-6)
