@@ -191,7 +191,15 @@ def mnist_dataset(split="train", batch_size=128, distortions=None, shuffle=None,
                                             num_parallel_calls=tf.data.AUTOTUNE)
     if distortions is not None:
         dataset = _distort(dataset, distortions, seed)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_FIXED_PARALLELISM)
+
+
+# tf.data's autotuner stalled `fit` at the start of epochs: LeNet-5's SDLM epochs on this
+# pipeline began 0.5-5 s late, their steps taking 5.4 s (TF 2.21, two CPU cores; with autotune
+# off, 0.01 s). The batches and their order do not depend on it; `AUTOTUNE` then keeps fixed
+# defaults.
+_FIXED_PARALLELISM = tf.data.Options()
+_FIXED_PARALLELISM.autotune.enabled = False
 
 
 def _distort(dataset, distortions, seed):

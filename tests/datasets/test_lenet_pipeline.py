@@ -115,6 +115,12 @@ def test_training_split_reshuffles_every_epoch():
         np.testing.assert_array_equal(np.sort(labels), np.sort(file_labels[:256]))
     assert not np.array_equal(epochs[0], file_labels[:256])
     assert not np.array_equal(epochs[0], epochs[1])
+    # The order is tf.data's, not its autotuner's, which the pipeline turns off (it stalled fit).
+    assert dataset.options().autotune.enabled is False
+    tuned_options = tf.data.Options()
+    tuned_options.autotune.enabled = True
+    tuned = mnist_dataset("train", 64, limit=256).with_options(tuned_options)
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in tuned]), epochs[0])
 
 
 @needs_mnist
