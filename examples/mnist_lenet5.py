@@ -22,8 +22,8 @@
 3. Both exported in TensorFlow Serving's layout and verified with TensorFlow alone, each in a
    fresh process that runs beside the SVM's fit or test predictions.
 
-The default (12 epochs, no distortions) takes two to three and a half minutes on two CPU cores,
-by the machine's speed that day; `--epochs 20 --distortions elastic` is the full run.
+The default (12 epochs, no distortions) takes about two minutes on two CPU cores (120-150 s as
+this machine's speed varies); `--epochs 20 --distortions elastic` is the full run.
 
 Run: python examples/mnist_lenet5.py [--epochs 12] [--distortions none|affine|elastic|both]
      [--epsilon E] [--lr-samples 2000] [--svm-samples 60000] [--output artifacts]
