@@ -81,8 +81,7 @@ KFAC_JAX = {
     10000: {"train": {5: 9.90, 15: 1.62, 30: 1.24}, "test": {5: 9.70, 15: 3.12, 30: 3.53},
             "step_seconds": 2.0, "gradients_per_step": 3.0},
 }
-GROUPS = ("kfac_pilots", "kfac_adam", "step_costs", "nesterov", "hessian_free",
-          "lenet")
+GROUPS = ("kfac_pilots", "kfac_adam", "step_costs", "nesterov", "hessian_free", "lenet")
 
 
 class WallClock(keras.callbacks.Callback):

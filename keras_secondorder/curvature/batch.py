@@ -59,7 +59,9 @@ class BatchCurvature:
         # is that of the objective the step's gradient is taken of, dropout masks included.
         self.objective.pin_state()
         self.batch = as_batch(tuple(data))
-        self._train_step = train_step
+        # Not for mixed precision, where the curvature's objective runs in float32 and the
+        # step's loss in float16 or bfloat16.
+        self._keeps_training_loss = train_step and not mixed_precision_layers(model)
         self._training_loss = None
 
     def record_training_loss(self, value):
@@ -67,10 +69,9 @@ class BatchCurvature:
 
         The train step's forward pass already evaluated the objective at the current weights
         (a forward pass over the batch saved on each damping adaptation). Kept only from
-        `keras_secondorder.Model`'s train step (`train_step=True`), and not for mixed
-        precision, where the curvature's objective runs in float32 and the step's in float16.
+        `keras_secondorder.Model`'s train step (`train_step=True`) without mixed precision.
         """
-        if self._train_step and not mixed_precision_layers(self.model):
+        if self._keeps_training_loss:
             self._training_loss = value
 
     @property

@@ -156,6 +156,14 @@ def _bilinear(images, y, x):
     return ((1 - wy) * top + wy * bottom)[..., None]
 
 
+# tf.data's autotuner stalled `fit` at the start of epochs: LeNet-5's SDLM epochs on this
+# pipeline began 0.5-5 s late, their steps taking 5.4 s (TF 2.21, two CPU cores; with autotune
+# off, 0.01 s). The batches and their order do not depend on it; `AUTOTUNE` then keeps fixed
+# defaults.
+_FIXED_PARALLELISM = tf.data.Options()
+_FIXED_PARALLELISM.autotune.enabled = False
+
+
 def mnist_dataset(split="train", batch_size=128, distortions=None, shuffle=None, seed=0,
                   data_dir=None, limit=None):
     """MNIST for LeNet-5 as a `tf.data.Dataset` of `(images, labels)` batches.
@@ -192,14 +200,6 @@ def mnist_dataset(split="train", batch_size=128, distortions=None, shuffle=None,
     if distortions is not None:
         dataset = _distort(dataset, distortions, seed)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_FIXED_PARALLELISM)
-
-
-# tf.data's autotuner stalled `fit` at the start of epochs: LeNet-5's SDLM epochs on this
-# pipeline began 0.5-5 s late, their steps taking 5.4 s (TF 2.21, two CPU cores; with autotune
-# off, 0.01 s). The batches and their order do not depend on it; `AUTOTUNE` then keeps fixed
-# defaults.
-_FIXED_PARALLELISM = tf.data.Options()
-_FIXED_PARALLELISM.autotune.enabled = False
 
 
 def _distort(dataset, distortions, seed):
