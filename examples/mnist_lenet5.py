@@ -143,6 +143,9 @@ def main():
     if not 1 <= args.lr_samples <= len(x_train):
         parser.error(f"--lr-samples must be 1 to {len(x_train)} (training images), got "
                      f"{args.lr_samples}")
+    if not all(math.isfinite(c) and c > 0 for c in args.svm_c):
+        parser.error(f"--svm-c must be finite values > 0 (the SVM's margin penalty), got "
+                     f"{' '.join(f'{c:g}' for c in args.svm_c)}; e.g. --svm-c 1 10 100")
     if not 30 <= args.svm_cv_samples <= args.svm_samples <= len(x_train):
         parser.error(f"--svm-cv-samples ({args.svm_cv_samples}) and --svm-samples "
                      f"({args.svm_samples}) must satisfy 30 <= cv samples <= samples <= "
