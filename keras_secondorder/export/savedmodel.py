@@ -12,8 +12,9 @@ and `serving_default`, which `keras.export.ExportArchive` adds as a copy of `ser
 Serving runs when a request names no signature).
 
 Then it verifies the export in a fresh process that imports TensorFlow only
-(`verify_savedmodel.py` beside this file): every signature's outputs on test images must equal
-the in-memory model's (max abs difference <= 1e-5), and it prints the signatures.
+(`verify_savedmodel.py` beside this file; `Verifier` keeps one for several exports): every
+signature's outputs on test images must equal the in-memory model's (max abs difference
+<= 1e-5), and it prints the signatures.
 
 Run: keras-secondorder-export MODEL.keras --name lenet5 [--base-dir artifacts/serving]
      [--version 1] [--features-layer f6] [--overwrite]
@@ -21,12 +22,15 @@ Run: keras-secondorder-export MODEL.keras --name lenet5 [--base-dir artifacts/se
 """
 
 import argparse
+import contextlib
+import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 import keras
 import numpy as np
@@ -79,30 +83,88 @@ def export(model, directory, features_layer=None, overwrite=False):
     return directory
 
 
+class Verifier:
+    """A fresh process with TensorFlow only that checks SavedModels against in-memory models.
+
+    Starting it imports TensorFlow, a few seconds of one core: a `Verifier` pays that once for
+    several SavedModels, and started before the first is written, beside other work. `verify`
+    may be called from several threads; the checks run one at a time. Use it in a `with`
+    block, or call `close`.
+    """
+
+    def __init__(self):
+        self._log = tempfile.TemporaryFile(mode="w+")  # The process's stderr, shown on failure.
+        self._process = subprocess.Popen([sys.executable, str(VERIFIER)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Ends the process once it has answered every check asked of it."""
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.close()
+        self._process.wait()
+        self._process.stdout.close()
+        self._log.close()
+
+    def verify(self, model, directory, images, features_layer=None):
+        """Checks the SavedModel in `directory` against `model` on `images`.
+
+        Returns:
+            `(printout, error)`: the signatures the process found, and the largest absolute
+            difference between their outputs and the model's.
+
+        Raises:
+            RuntimeError: the SavedModel fails to load or run, its outputs are not the model's,
+                or they differ by more than `TOLERANCE`.
+        """
+        expected = {f"{name}/{key}": value.numpy() for name, function in
+                    serving_functions(model, features_layer).items()
+                    for key, value in function(tf.constant(images)).items()}
+        expected.update({key.replace("serve/", "serving_default/"): value
+                         for key, value in expected.items() if key.startswith("serve/")})
+        with tempfile.TemporaryDirectory() as scratch:
+            inputs, outputs = os.path.join(scratch, "in.npy"), os.path.join(scratch, "out.npz")
+            np.save(inputs, images)
+            answer = self._ask([str(directory), inputs, outputs])
+            if "error" in answer:
+                raise RuntimeError(f"The verification of {directory} failed:\n{answer['error']}")
+            produced = dict(np.load(outputs))
+        if set(produced) != set(expected):
+            raise RuntimeError(f"The SavedModel's outputs {sorted(produced)} differ from the "
+                               f"model's {sorted(expected)}.")
+        error = max(float(np.max(np.abs(produced[key].astype("float64") - expected[key])))
+                    for key in expected)
+        if error > TOLERANCE:
+            raise RuntimeError(f"The SavedModel's outputs differ from the model's by {error:.3g} "
+                               f"(tolerance {TOLERANCE}).")
+        return answer["printout"], error
+
+    def _ask(self, request):
+        with self._lock:
+            try:
+                self._process.stdin.write(json.dumps(request) + "\n")
+                self._process.stdin.flush()
+                line = self._process.stdout.readline()
+            except BrokenPipeError:
+                line = ""
+        if not line:
+            self._process.wait()
+            self._log.seek(0)
+            raise RuntimeError(f"The verifying process ended (exit code "
+                               f"{self._process.returncode}):\n{self._log.read()}")
+        return json.loads(line)
+
+
 def verify(model, directory, images, features_layer=None):
-    """Runs the TensorFlow-only verifier on `images`; returns its printout and the max error."""
-    expected = {f"{name}/{key}": value.numpy() for name, function in
-                serving_functions(model, features_layer).items()
-                for key, value in function(tf.constant(images)).items()}
-    expected.update({key.replace("serve/", "serving_default/"): value
-                     for key, value in expected.items() if key.startswith("serve/")})
-    with tempfile.TemporaryDirectory() as scratch:
-        inputs, outputs = os.path.join(scratch, "in.npy"), os.path.join(scratch, "out.npz")
-        np.save(inputs, images)
-        result = subprocess.run([sys.executable, str(VERIFIER), str(directory), inputs, outputs],
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"The verification failed:\n{result.stdout}{result.stderr}")
-        produced = dict(np.load(outputs))
-    if set(produced) != set(expected):
-        raise RuntimeError(f"The SavedModel's outputs {sorted(produced)} differ from the "
-                           f"model's {sorted(expected)}.")
-    error = max(float(np.max(np.abs(produced[key].astype("float64") - expected[key])))
-                for key in expected)
-    if error > TOLERANCE:
-        raise RuntimeError(f"The SavedModel's outputs differ from the model's by {error:.3g} "
-                           f"(tolerance {TOLERANCE}).")
-    return result.stdout, error
+    """Checks one SavedModel in a fresh process: `Verifier.verify`, returns its result."""
+    with Verifier() as verifier:
+        return verifier.verify(model, directory, images, features_layer)
 
 
 def main(argv=None):

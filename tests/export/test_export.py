@@ -56,6 +56,20 @@ def test_conv_net_with_svm_exports(lenet, tmp_path):
                                   pipeline.predict(test))
 
 
+def test_one_verifier_checks_several_savedmodels_and_catches_a_mismatch(lenet, tmp_path):
+    keras.utils.set_random_seed(1)
+    other = models.lenet5()  # Other weights: its outputs are not lenet's.
+    first = savedmodel.export(lenet, tmp_path / "first" / "1")
+    second = savedmodel.export(other, tmp_path / "second" / "1")
+    with savedmodel.Verifier() as verifier:
+        with pytest.raises(RuntimeError, match=f"The verification of {tmp_path / 'missing'}"):
+            verifier.verify(lenet, tmp_path / "missing", images(8))
+        assert verifier.verify(lenet, first, images(8))[1] <= savedmodel.TOLERANCE
+        with pytest.raises(RuntimeError, match="differ from the model's by"):
+            verifier.verify(lenet, second, images(8))
+        assert verifier.verify(other, second, images(8))[1] <= savedmodel.TOLERANCE
+
+
 def test_first_max_breaks_ties_toward_the_first_class():
     scores = tf.constant([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0], [0.0, 0.0, 5.0]])
     assert savedmodel.first_max(scores).numpy().tolist() == [1, 0, 2]
