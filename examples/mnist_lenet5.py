@@ -202,7 +202,7 @@ def main():
     model.save(model_path)
     test_images = lenet_preprocess(x_test).numpy()
     # The checking process imports TensorFlow (about 3 s of one core) while the SVM's features
-    # are computed; each check then takes about a second, in a background thread.
+    # are computed; each check then only loads and runs its SavedModel, in a background thread.
     with savedmodel.Verifier() as verifier, ThreadPoolExecutor(max_workers=2) as background:
         exports = [background.submit(export_and_verify, verifier, "lenet5", model, output,
                                      test_images[:256])]

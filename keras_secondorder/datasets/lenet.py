@@ -158,8 +158,8 @@ def _bilinear(images, y, x):
 
 # tf.data's autotuner stalled `fit` at the start of epochs: LeNet-5's SDLM epochs on this
 # pipeline began 0.5-5 s late, their steps taking 5.4 s (TF 2.21, two CPU cores; with autotune
-# off, 0.01 s). The batches and their order do not depend on it; `AUTOTUNE` then keeps fixed
-# defaults.
+# off, 0.01 s; Keras's own models wait too: benchmarks/tfdata_autotune.py). The batches and
+# their order do not depend on it; `AUTOTUNE` then keeps fixed defaults.
 _FIXED_PARALLELISM = tf.data.Options()
 _FIXED_PARALLELISM.autotune.enabled = False
 

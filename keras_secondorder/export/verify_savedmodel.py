@@ -1,10 +1,10 @@
 """Checks SavedModels with TensorFlow alone, as a server would: keras_secondorder is blocked.
 
-Loads a SavedModel, prints its signatures, runs each on the given inputs and saves the outputs
-next to them, for the exporter to compare with the in-memory model. keras_secondorder is made
-unimportable first, so a SavedModel that needed any of its code (custom layers, functions) fails
-here. (TensorFlow 2.21 itself imports parts of the `keras` package on import; the SavedModel's
-functions are plain TensorFlow graphs and need none of it.)
+Loads a SavedModel, describes its signatures, runs each on the given inputs and saves the
+outputs next to them, for the exporter to compare with the in-memory model. keras_secondorder
+is made unimportable first, so a SavedModel that needed any of its code (custom layers,
+functions) fails here. (TensorFlow 2.21 itself imports parts of the `keras` package on import;
+the SavedModel's functions are plain TensorFlow graphs and need none of it.)
 
 It checks one SavedModel per line of standard input, a JSON list `[directory, inputs.npy,
 outputs.npz]`, and answers each with one JSON line, `{"printout": ...}` or `{"error": ...}`,
@@ -49,7 +49,7 @@ def serve(requests, answers):
     for line in requests:
         try:
             answer = {"printout": check(*json.loads(line))}
-        except Exception:  # noqa: BLE001 - reported to the exporter, which raises it.
+        except Exception:  # Any failure is the SavedModel's: the exporter raises it.
             answer = {"error": traceback.format_exc()}
         answers.write(json.dumps(answer) + "\n")
         answers.flush()
