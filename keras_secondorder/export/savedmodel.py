@@ -64,6 +64,10 @@ def serving_functions(model, features_layer=None):
 def export(model, directory, features_layer=None, overwrite=False):
     """Writes `model` as a SavedModel to `directory` with the `serve` and `features` signatures.
 
+    Keras's SavedModel writer unsets the model's `train_function`, `test_function` and
+    `predict_function` while it runs: a `fit`, `evaluate` or `predict` of `model` in another
+    thread at the same time fails (`'NoneType' object is not callable`). Export after them.
+
     Raises:
         FileExistsError: `directory` exists and `overwrite` is false.
     """
