@@ -18,7 +18,7 @@ import time
 
 import keras
 import tensorflow as tf
-from _common import environment, write
+from _common import EpochTimer, environment, write
 
 import keras_secondorder as ks
 from keras_secondorder import models
@@ -33,21 +33,16 @@ OPTIMIZERS = {
 }
 
 
-class EpochStartTimer(keras.callbacks.Callback):
+class EpochStartTimer(EpochTimer):
     """Each epoch's wall time, and the wait from its start to its first step."""
 
     def on_train_begin(self, logs=None):
-        self.times, self.waits = [], []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
+        super().on_train_begin(logs)
+        self.waits = []
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == 0:
             self.waits.append(time.perf_counter() - self.start)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self.start)
 
 
 def run(wrapped, make_optimizer, autotune, epochs):
